@@ -1,0 +1,397 @@
+"""The batched writer: drains its queue into ONE transaction per batch.
+
+Messages go in with INSERT .. ON CONFLICT DO NOTHING on (tenant, chat, sender, wa_id), so a
+redelivery is a no-op and a distinct message is never dropped. Rows inserted by this batch are
+exactly those with an id above the largest id before it (SQLite's rowid allocation), which is
+how chats, counters and webhook events are derived from what was really stored, duplicates
+excluded, without a query per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from oxyd import outbox
+from oxyd.clock import Clock
+from oxyd.model import HistorySync, Message, Receipt
+from oxyd.store import MESSAGE_COLS, Store, insert_outbox, message_json
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (tenant, chat, sender, wa_id, from_me, sent_at_ms, kind, text,"
+    " push_name, chat_alt, sender_alt, ref_id, media, raw, status, from_history, stored_at_ms)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+)
+_STATUS_RANK = (
+    "CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3"
+    " WHEN 'played' THEN 4 ELSE 0 END"
+)
+_RANK = {"delivered": 2, "read": 3, "played": 4}
+_RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
+
+
+@dataclass(slots=True)
+class Item:
+    tenant: str
+    payload: Message | Receipt | HistorySync | tuple  # tuple: ("contact", jid, name) etc.
+    sent: bool = False  # a message we sent through the API: "message.sent", not "received"
+    enqueued_at: float = 0.0
+    seq: int = 0
+
+
+@dataclass
+class WriterStats:
+    batches: int = 0
+    rows: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    rejected: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+    latencies_s: list[float] | None = None
+    stored_by_tenant: Counter = field(default_factory=Counter)
+
+
+def _message_row(tenant: str, m: Message, now_ms: int) -> tuple:
+    media = (
+        json.dumps({k: v for k, v in asdict(m.media).items() if v is not None}) if m.media else None
+    )
+    status = "sent" if m.from_me else "received"
+    return (
+        tenant,
+        m.chat,
+        m.sender,
+        m.wa_id,
+        int(m.from_me),
+        m.sent_at_ms,
+        m.kind,
+        m.text,
+        m.push_name,
+        m.chat_alt,
+        m.sender_alt,
+        m.ref_id,
+        media,
+        m.raw,
+        status,
+        int(m.from_history),
+        now_ms,
+    )
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        subs: outbox.Subscriptions,
+        *,
+        batch_max: int = 1000,
+        queue_max: int = 100_000,
+        on_commit: Callable[[dict[str, int]], None] | None = None,
+        on_history: Callable[[str, HistorySync, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.subs = subs
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_max)
+        self.stats = WriterStats()
+        self.pending_by_tenant: Counter[str] = Counter()
+        self._on_commit = on_commit
+        self._on_history = on_history
+        self._seq = 0
+        self._done_seq = 0
+        self._done = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    @property
+    def failing(self) -> bool:
+        return self.stats.failing_since is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="oxyd-writer")
+
+    async def put(self, tenant: str, payload: Any, *, sent: bool = False) -> None:
+        """Waits while the queue is full: back-pressure, never a drop."""
+        self._seq += 1
+        item = Item(tenant, payload, sent, self.clock.monotonic(), self._seq)
+        self.pending_by_tenant[tenant] += 1
+        await self.queue.put(item)
+
+    async def flush(self) -> None:
+        """Returns once everything put before this call is committed."""
+        target = self._seq
+        async with self._done:
+            await self._done.wait_for(lambda: self._done_seq >= target)
+
+    async def stop(self) -> None:
+        """Drain the queue to disk, then end the writer task."""
+        if self._task is None:
+            return
+        await self.flush()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self._commit_with_retry(batch)
+            for it in batch:
+                self.pending_by_tenant[it.tenant] -= 1
+                if self.pending_by_tenant[it.tenant] <= 0:
+                    del self.pending_by_tenant[it.tenant]
+            async with self._done:
+                self._done_seq = batch[-1].seq
+                self._done.notify_all()
+
+    async def _commit_with_retry(self, batch: list[Item]) -> None:
+        delay_s = 0.05
+        while True:
+            try:
+                stored = await self._write(batch)
+                break
+            except sqlite3.OperationalError as e:
+                # Disk full, database locked, I/O error: transient from our side. Keep the
+                # batch and retry; readiness reports the failure meanwhile.
+                self._failed(e)
+                logger.error(
+                    "store write failed ({}); retrying in {:.2f}s, {} rows held",
+                    e,
+                    delay_s,
+                    len(batch),
+                )
+                await self.clock.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+            except Exception as e:
+                # A bug or a row SQLite refuses: isolate the bad item instead of retrying the
+                # whole batch forever.
+                self._failed(e)
+                if len(batch) == 1:
+                    self.stats.rejected += 1
+                    logger.opt(exception=e).error(
+                        "store refused an item of tenant {}: {!r}",
+                        batch[0].tenant,
+                        batch[0].payload
+                        if not isinstance(batch[0].payload, Message)
+                        else batch[0].payload.wa_id,
+                    )
+                    stored = {}
+                    break
+                mid = len(batch) // 2
+                await self._commit_with_retry(batch[:mid])
+                await self._commit_with_retry(batch[mid:])
+                return
+        if self.stats.failing_since is not None:
+            logger.info("store writes recovered")
+        self.stats.failing_since = None
+        self.stats.batches += 1
+        self.stats.rows += len(batch)
+        if self.stats.latencies_s is not None:
+            now = self.clock.monotonic()
+            self.stats.latencies_s.extend(now - it.enqueued_at for it in batch)
+        if stored and self._on_commit is not None:
+            self._on_commit(stored)
+
+    def _failed(self, e: Exception) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = f"{type(e).__name__}: {e}"
+        if self.stats.failing_since is None:
+            self.stats.failing_since = self.clock.monotonic()
+
+    async def _write(self, batch: list[Item]) -> dict[str, int]:
+        now_ms = self.clock.now_ms()
+        live: dict[tuple, Item] = {}
+        rows: list[tuple] = []
+        receipts: list[Item] = []
+        histories: list[Item] = []
+        contacts: dict[tuple[str, str], str] = {}
+        names: dict[tuple[str, str], str] = {}
+        events: list[tuple] = []
+        for it in batch:
+            p = it.payload
+            if isinstance(p, Message):
+                rows.append(_message_row(it.tenant, p, now_ms))
+                live.setdefault((it.tenant, p.chat, p.sender, p.wa_id), it)
+                if p.push_name and not p.from_me:
+                    contacts[(it.tenant, p.sender)] = p.push_name
+            elif isinstance(p, Receipt):
+                receipts.append(it)
+            elif isinstance(p, HistorySync):
+                histories.append(it)
+                for jid, name in p.chat_names:
+                    names[(it.tenant, jid)] = name
+            elif p[0] == "contact":
+                contacts[(it.tenant, p[1])] = p[2]
+            elif p[0] == "chat_name":
+                names[(it.tenant, p[1])] = p[2]
+            elif p[0] == "event":
+                events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
+        async with self.store.tx() as db:
+            async with db.execute("SELECT coalesce(max(id), 0) FROM messages") as cur:
+                max_before = (await cur.fetchone())[0]
+            if rows:
+                await db.executemany(_INSERT_MESSAGE, rows)
+            synced = []
+            for it in histories:
+                h: HistorySync = it.payload
+                cur = await db.executemany(
+                    _INSERT_MESSAGE, [_message_row(it.tenant, m, now_ms) for m in h.messages]
+                )
+                stored = max(cur.rowcount, 0)
+                synced.append((it.tenant, h, stored))
+                await db.execute(
+                    "INSERT INTO history_syncs (tenant, sync_type, conversations, processed,"
+                    " stored, at_ms) VALUES (?,?,?,?,?,?)",
+                    (it.tenant, h.sync_type, h.conversations, len(h.messages), stored, now_ms),
+                )
+                events += outbox.rows(
+                    self.subs,
+                    it.tenant,
+                    "history.synced",
+                    {
+                        "sync_type": h.sync_type,
+                        "conversations": h.conversations,
+                        "processed": len(h.messages),
+                        "stored": stored,
+                    },
+                    now_ms,
+                )
+            async with db.execute(
+                "SELECT id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history"
+                " FROM messages WHERE id > ? ORDER BY id",
+                (max_before,),
+            ) as cur:
+                new_rows = list(await cur.fetchall())
+            stored_by_tenant = await self._derive(db, new_rows, live, events, now_ms)
+            if contacts:
+                await db.executemany(
+                    "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
+                    " (?,?,?,?) ON CONFLICT DO UPDATE SET push_name=excluded.push_name,"
+                    " updated_at_ms=excluded.updated_at_ms",
+                    [(t, j, n, now_ms) for (t, j), n in contacts.items()],
+                )
+            if names:
+                await db.executemany(
+                    "INSERT INTO chats (tenant, jid, name) VALUES (?,?,?)"
+                    " ON CONFLICT DO UPDATE SET name=excluded.name",
+                    [(t, j, n) for (t, j), n in names.items()],
+                )
+            for it in receipts:
+                await self._receipt(db, it.tenant, it.payload, events, now_ms)
+            await insert_outbox(db, events)
+        self.stats.stored += len(new_rows)
+        self.stats.duplicates += (
+            len(rows) + sum(len(h.messages) for _, h, _ in synced) - len(new_rows)
+        )
+        for tenant, h, stored in synced:
+            logger.bind(tenant=tenant).info(
+                "history sync {}: {} conversations, {} messages processed, {} stored",
+                h.sync_type,
+                h.conversations,
+                len(h.messages),
+                stored,
+            )
+            if self._on_history is not None:
+                self._on_history(tenant, h, stored)
+        return stored_by_tenant
+
+    async def _derive(self, db, new_rows, live, events, now_ms) -> dict[str, int]:
+        """Chats, per-tenant counters and message webhooks from the rows really inserted."""
+        chats: dict[tuple[str, str], list[int]] = {}
+        per_tenant: Counter[str] = Counter()
+        for row_id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history in new_rows:
+            agg = chats.setdefault((tenant, chat), [0, 0, 0])
+            agg[0] = max(agg[0], sent_at_ms)
+            agg[1] += 1 if not from_me and not from_history else 0
+            agg[2] += 1
+            per_tenant[tenant] += 1
+            it = live.get((tenant, chat, sender, wa_id))
+            if it is None or from_history:
+                continue
+            etype = "message.sent" if it.sent else "message.received"
+            if self.subs.wants(tenant, etype):
+                data = _message_data(it.payload, "sent" if from_me else "received")
+                events += outbox.rows(self.subs, tenant, etype, data, now_ms)
+        if chats:
+            await db.executemany(
+                "INSERT INTO chats (tenant, jid, last_message_ms, unread_count, message_count)"
+                " VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+                " last_message_ms=max(coalesce(last_message_ms, 0), excluded.last_message_ms),"
+                " unread_count=unread_count+excluded.unread_count,"
+                " message_count=message_count+excluded.message_count",
+                [(t, c, a[0], a[1], a[2]) for (t, c), a in chats.items()],
+            )
+        if per_tenant:
+            await db.executemany(
+                "INSERT INTO tenant_counts (tenant, messages_stored) VALUES (?,?)"
+                " ON CONFLICT DO UPDATE SET messages_stored=messages_stored+excluded.messages_stored",
+                list(per_tenant.items()),
+            )
+        return dict(per_tenant)
+
+    async def _receipt(self, db, tenant: str, r: Receipt, events: list, now_ms: int) -> None:
+        col = _RECEIPT_COL.get(r.type)
+        if col is None:
+            return
+        sets = [f"{col}=coalesce({col}, ?)"]
+        args: list[Any] = [r.at_ms]
+        if r.type in ("read", "played"):
+            sets.append("delivered_at_ms=coalesce(delivered_at_ms, ?)")
+            args.append(r.at_ms)
+        sql = (
+            f"UPDATE messages SET {', '.join(sets)}, status=CASE WHEN {_STATUS_RANK} < ?"
+            " THEN ? ELSE status END WHERE tenant=? AND chat=? AND wa_id=?"
+        )
+        await db.executemany(
+            sql, [(*args, _RANK[r.type], r.type, tenant, r.chat, i) for i in r.wa_ids]
+        )
+        if self.subs.wants(tenant, "message.status"):
+            marks = ",".join("?" * len(r.wa_ids))
+            async with db.execute(
+                f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=?"
+                f" AND wa_id IN ({marks})",
+                (tenant, r.chat, *r.wa_ids),
+            ) as cur:
+                for row in await cur.fetchall():
+                    events += outbox.rows(
+                        self.subs, tenant, "message.status", message_json(row), now_ms
+                    )
+
+
+def _message_data(m: Message, status: str) -> dict[str, Any]:
+    return {
+        "id": m.wa_id,
+        "chat": m.chat,
+        "sender": m.sender,
+        "from_me": m.from_me,
+        "sent_at_ms": m.sent_at_ms,
+        "kind": m.kind,
+        "text": m.text,
+        "push_name": m.push_name,
+        "status": status,
+        "delivered_at_ms": None,
+        "read_at_ms": None,
+        "played_at_ms": None,
+        "media": {k: v for k, v in asdict(m.media).items() if v is not None} if m.media else None,
+        "chat_alt": m.chat_alt,
+        "sender_alt": m.sender_alt,
+        "ref_id": m.ref_id,
+    }

@@ -1,0 +1,377 @@
+"""Configuration: built-in defaults, then a YAML file, then OXYD_<SECTION>_<KEY> variables.
+
+Every error names its key path, so an operator can fix a file without reading code; the CLI
+turns ConfigError into exit code 78 so systemd does not restart-loop on a bad file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+# Environment variables that are not config keys.
+RESERVED_ENV = {"OXYD_CONFIG", "OXYD_ADMIN_TOKEN", "OXYD_BACKUP_KEY", "OXYD_URL", "OXYD_TOKEN"}
+SECRET_KEYS = {"webhooks.secret"}
+WEBHOOK_EVENTS = (
+    "message.received",
+    "message.sent",
+    "message.status",
+    "tenant.state",
+    "pairing.qr",
+    "pairing.code",
+    "history.synced",
+    "alert.logged_out",
+    "alert.conflict",
+    "alert.banned",
+    "alert.outdated",
+    "alert.failed",
+    "alert.zombie",
+)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8780
+    admin_token_file: Path | None = None
+    max_body_bytes: int = 1_048_576
+
+    def validate(self, p: str) -> None:
+        _check(1 <= self.port <= 65535, f"{p}.port", "must be an integer between 1 and 65535")
+        _check(bool(self.host), f"{p}.host", "must not be empty")
+        _check(self.max_body_bytes >= 1024, f"{p}.max_body_bytes", "must be at least 1024")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+    def validate(self, p: str) -> None:
+        levels = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
+        _check(self.level.upper() in levels, f"{p}.level", f"must be one of {sorted(levels)}")
+        _check(self.format in ("text", "json"), f"{p}.format", "must be 'text' or 'json'")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    connect_concurrency: int = 8
+    heartbeat_s: float = 30.0
+    zombie_after_s: float = 180.0
+    reconnect_timeout_s: float = 300.0
+    max_failures: int = 10
+    stable_after_s: float = 60.0
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 300.0
+    # How long a connect may take before it counts as failed.
+    connect_timeout_s: float = 90.0
+    pair_timeout_s: float = 180.0
+    # Shutdown: time for clients to stop and queues to drain before exit is forced.
+    stop_grace_s: float = 10.0
+
+    def validate(self, p: str) -> None:
+        _check(self.connect_concurrency >= 1, f"{p}.connect_concurrency", "must be at least 1")
+        _check(self.max_failures >= 1, f"{p}.max_failures", "must be at least 1")
+        for name in (
+            "heartbeat_s",
+            "zombie_after_s",
+            "reconnect_timeout_s",
+            "backoff_base_s",
+            "backoff_cap_s",
+            "connect_timeout_s",
+            "pair_timeout_s",
+            "stop_grace_s",
+        ):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be a positive number of seconds")
+        _check(self.stable_after_s >= 0, f"{p}.stable_after_s", "must not be negative")
+        _check(
+            self.backoff_cap_s >= self.backoff_base_s,
+            f"{p}.backoff_cap_s",
+            "must be at least supervisor.backoff_base_s",
+        )
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    batch_max: int = 1000
+    queue_max: int = 100_000
+
+    def validate(self, p: str) -> None:
+        _check(1 <= self.batch_max <= 100_000, f"{p}.batch_max", "must be between 1 and 100000")
+        _check(self.queue_max >= self.batch_max, f"{p}.queue_max", "must be at least batch_max")
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    rate_per_min: float = 20.0
+    burst: int = 5
+    max_media_bytes: int = 16_777_216
+
+    def validate(self, p: str) -> None:
+        _check(self.rate_per_min > 0, f"{p}.rate_per_min", "must be positive")
+        _check(self.burst >= 1, f"{p}.burst", "must be at least 1")
+        _check(self.max_media_bytes >= 1, f"{p}.max_media_bytes", "must be positive")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float = 60.0
+
+    def validate(self, p: str) -> None:
+        _check(self.interval_s > 0, f"{p}.interval_s", "must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    url: str | None = None
+    secret: str | None = None
+    events: tuple[str, ...] = ()
+    max_attempts: int = 12
+    max_age_s: float = 86400.0
+    timeout_s: float = 10.0
+    # Delivered rows are kept this long (for inspection), then pruned.
+    retention_s: float = 7 * 86400.0
+    # First retry delay; doubles per attempt up to retry_cap_s.
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 600.0
+
+    def validate(self, p: str) -> None:
+        if self.url is not None:
+            _check(
+                self.url.startswith(("http://", "https://")),
+                f"{p}.url",
+                "must be an http:// or https:// URL",
+            )
+            _check(bool(self.secret), f"{p}.secret", "is required when webhooks.url is set")
+        for ev in self.events:
+            _check(ev in WEBHOOK_EVENTS, f"{p}.events", f"unknown event type {ev!r}")
+        _check(self.max_attempts >= 1, f"{p}.max_attempts", "must be at least 1")
+        for name in ("max_age_s", "timeout_s", "retention_s", "retry_base_s", "retry_cap_s"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    schedule: str | None = None
+    keep: int = 7
+    key_file: Path | None = None
+
+    def validate(self, p: str) -> None:
+        _check(self.keep >= 1, f"{p}.keep", "must be at least 1")
+        if self.schedule is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.schedule)
+            except ValueError as e:
+                raise ConfigError(f"{p}.schedule: not a valid cron expression ({e})") from None
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    messages_days: float | None = None
+    unpaired_days: float = 30.0
+
+    def validate(self, p: str) -> None:
+        if self.messages_days is not None:
+            _check(self.messages_days > 0, f"{p}.messages_days", "must be positive")
+        _check(self.unpaired_days > 0, f"{p}.unpaired_days", "must be positive")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    connect_latency_ms: int = 0
+    pair_after_ms: int = 1000
+
+    def validate(self, p: str) -> None:
+        _check(self.connect_latency_ms >= 0, f"{p}.connect_latency_ms", "must not be negative")
+        _check(self.pair_after_ms >= 0, f"{p}.pair_after_ms", "must not be negative")
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("./data")
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    send: SendConfig = field(default_factory=SendConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+
+    def as_dict(self, *, mask: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"data_dir": str(self.data_dir)}
+        for f in dataclasses.fields(self):
+            if f.name == "data_dir":
+                continue
+            sec = {}
+            for k, v in dataclasses.asdict(getattr(self, f.name)).items():
+                if mask and f"{f.name}.{k}" in SECRET_KEYS and v:
+                    v = "***"
+                sec[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            out[f.name] = sec
+        return out
+
+
+# ---- loading ----
+
+
+def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
+    """Convert one raw value to the field's type, or raise ConfigError naming `path`."""
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if value is None or (from_env and value == "" and optional):
+        _check(optional, path, "must not be empty")
+        return None
+    if tp is bool:
+        if from_env and isinstance(value, str):
+            low = value.strip().lower()
+            _check(low in ("1", "0", "true", "false", "yes", "no"), path, "must be true or false")
+            return low in ("1", "true", "yes")
+        _check(isinstance(value, bool), path, "must be true or false")
+        return value
+    if tp is int:
+        if from_env and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{path}: must be an integer") from None
+        _check(isinstance(value, int) and not isinstance(value, bool), path, "must be an integer")
+        return value
+    if tp is float:
+        if from_env and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{path}: must be a number") from None
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(
+            ok and value == value and value not in (float("inf"), float("-inf")),
+            path,
+            "must be a number",
+        )
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), path, "must be a string")
+        return value
+    if tp is Path:
+        _check(isinstance(value, str) and value != "", path, "must be a path")
+        return Path(value)
+    if typing.get_origin(tp) is tuple:
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        _check(
+            isinstance(value, list) and all(isinstance(v, str) for v in value),
+            path,
+            "must be a list of strings",
+        )
+        return tuple(value)
+    raise AssertionError(f"unhandled config type {tp!r} at {path}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, env_keys: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            sub = hints[name]
+            if dataclasses.is_dataclass(sub):
+                section = raw[name]
+                if section is None:
+                    section = {}
+                _check(isinstance(section, dict), f"{prefix}{name}", "must be a mapping")
+                kwargs[name] = _build(sub, section, f"{prefix}{name}.", env_keys)
+            else:
+                path = f"{prefix}{name}"
+                kwargs[name] = _coerce(raw[name], hints[name], path, path in env_keys)
+    return cls(**kwargs)
+
+
+def _env_overrides(env: dict[str, str]) -> tuple[dict[str, Any], set[str]]:
+    hints = typing.get_type_hints(Config)
+    sections = {
+        name: {g.name for g in dataclasses.fields(tp)}
+        for name, tp in hints.items()
+        if dataclasses.is_dataclass(tp)
+    }
+    out: dict[str, Any] = {}
+    paths: set[str] = set()
+    for var, value in env.items():
+        if not var.startswith("OXYD_") or var in RESERVED_ENV:
+            continue
+        rest = var[len("OXYD_") :].lower()
+        if rest == "data_dir":
+            out["data_dir"] = value
+            paths.add("data_dir")
+            continue
+        section, _, key = rest.partition("_")
+        if section not in sections:
+            continue  # not ours: other OXYD_* variables are left alone
+        if key not in sections[section]:
+            raise ConfigError(f"{section}.{key}: unknown key (from environment variable {var})")
+        out.setdefault(section, {})[key] = value
+        paths.add(f"{section}.{key}")
+    return out, paths
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults <- YAML file (`path`, else $OXYD_CONFIG) <- OXYD_* environment variables."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        path = env.get("OXYD_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"config file {path}: cannot be read ({e.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+        if loaded is not None:
+            _check(isinstance(loaded, dict), f"config file {path}", "must be a mapping of sections")
+            raw = loaded
+    over, env_paths = _env_overrides(env)
+    cfg = _build(Config, _merge(raw, over), "", env_paths)
+    for f in dataclasses.fields(cfg):
+        sub = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(sub):
+            sub.validate(f.name)
+    return cfg

@@ -1,0 +1,84 @@
+"""The seam between oxyd and a WhatsApp library: every engine implements these Protocols.
+
+An engine reports what happens through a *sink*: a plain function called on the event loop
+thread, in order, that never blocks and never awaits. Outcomes of `connect()` and `pair()`
+arrive as events (Connected, ConnectFailure, LoggedOut, PairQR, ...), exactly as whatsmeow
+reports them, so the supervisor has one place where it learns about a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from oxyd.model import Event, Message
+
+Sink = Callable[[Event], None]
+
+
+class EngineError(Exception):
+    """A call on a client failed; the message is safe to show to an operator."""
+
+
+class NotConnected(EngineError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMedia:
+    type: str  # image | video | audio | document
+    data: bytes
+    caption: str | None = None
+    filename: str | None = None
+    mime: str | None = None
+
+
+@runtime_checkable
+class Client(Protocol):
+    """One tenant's WhatsApp session. One object per tenant for its whole life."""
+
+    async def is_paired(self) -> bool:
+        """Whether the device store holds a paired device (read from the store, no session)."""
+        ...
+
+    async def connect(self) -> None:
+        """Start a session with the paired device. Returns once started; the outcome arrives
+        as an event. Raising is the same as a ClientDead event."""
+        ...
+
+    async def heartbeat(self) -> bool:
+        """Cheap liveness check of the running session."""
+        ...
+
+    async def send(self, to: str, text: str | None, media: OutboundMedia | None) -> Message:
+        """Send a message; returns it as sent (WhatsApp's id and time). Raises NotConnected."""
+        ...
+
+    async def pair(self, phone: str | None) -> None:
+        """Start pairing an unpaired store: PairQR / PairCode events, then PairSuccess or
+        PairFailed."""
+        ...
+
+    async def logout(self) -> None:
+        """Unlink the device and end the session; the device store is emptied."""
+        ...
+
+    async def stop(self) -> None:
+        """End the session (or pairing) if any. Idempotent; no events after it returns."""
+        ...
+
+    async def remove(self) -> None:
+        """Delete the device store. Called after stop() when a tenant is removed."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def client(self, tenant_id: str, sink: Sink) -> Client: ...
+
+    async def close(self) -> None:
+        """Release engine-wide resources after every client was stopped."""
+        ...

@@ -1,0 +1,131 @@
+"""The SQLite schema of oxyd.sqlite3, as numbered migrations (PRAGMA user_version).
+
+Append a migration to add a version; never edit a released one. A fresh database runs them
+all in one transaction; a database newer than the code is refused.
+"""
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE tenants (
+        id              TEXT PRIMARY KEY,
+        engine          TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        reason          TEXT,
+        state_since_ms  INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        jid             TEXT,
+        push_name       TEXT,
+        failures        INTEGER NOT NULL DEFAULT 0,
+        ban_expires_ms  INTEGER
+    );
+    CREATE TABLE state_history (
+        id      INTEGER PRIMARY KEY,
+        tenant  TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        state   TEXT NOT NULL,
+        reason  TEXT,
+        at_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX state_history_tenant ON state_history(tenant, id);
+
+    -- Messages outlive their tenant row unless purged, so no foreign key here.
+    CREATE TABLE messages (
+        id              INTEGER PRIMARY KEY,
+        tenant          TEXT NOT NULL,
+        chat            TEXT NOT NULL,
+        sender          TEXT NOT NULL,
+        wa_id           TEXT NOT NULL,
+        from_me         INTEGER NOT NULL,
+        sent_at_ms      INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        text            TEXT,
+        push_name       TEXT,
+        chat_alt        TEXT,
+        sender_alt      TEXT,
+        ref_id          TEXT,
+        media           TEXT,
+        raw             BLOB,
+        status          TEXT NOT NULL,
+        delivered_at_ms INTEGER,
+        read_at_ms      INTEGER,
+        played_at_ms    INTEGER,
+        from_history    INTEGER NOT NULL DEFAULT 0,
+        stored_at_ms    INTEGER NOT NULL,
+        UNIQUE (tenant, chat, sender, wa_id)
+    );
+    CREATE INDEX messages_tenant_time ON messages(tenant, sent_at_ms, id);
+    CREATE INDEX messages_chat_time ON messages(tenant, chat, sent_at_ms, id);
+    CREATE INDEX messages_wa_id ON messages(tenant, wa_id);
+
+    CREATE TABLE chats (
+        tenant          TEXT NOT NULL,
+        jid             TEXT NOT NULL,
+        name            TEXT,
+        last_message_ms INTEGER,
+        unread_count    INTEGER NOT NULL DEFAULT 0,
+        message_count   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, jid)
+    ) WITHOUT ROWID;
+    CREATE INDEX chats_recent ON chats(tenant, last_message_ms, jid);
+
+    CREATE TABLE contacts (
+        tenant        TEXT NOT NULL,
+        jid           TEXT NOT NULL,
+        push_name     TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, jid)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE tenant_counts (
+        tenant          TEXT PRIMARY KEY,
+        messages_stored INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    CREATE TABLE history_syncs (
+        id            INTEGER PRIMARY KEY,
+        tenant        TEXT NOT NULL,
+        sync_type     TEXT NOT NULL,
+        conversations INTEGER NOT NULL,
+        processed     INTEGER NOT NULL,
+        stored        INTEGER NOT NULL,
+        at_ms         INTEGER NOT NULL
+    );
+
+    -- sha256 of the token: tokens are 256-bit random, so an unsalted hash is enough.
+    CREATE TABLE tokens (
+        hash          TEXT PRIMARY KEY,
+        tenant        TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX tokens_tenant ON tokens(tenant);
+
+    CREATE TABLE webhooks (
+        tenant        TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        url           TEXT NOT NULL,
+        secret        TEXT NOT NULL,
+        events        TEXT,
+        updated_at_ms INTEGER NOT NULL
+    );
+
+    -- One row per (event, destination). destination is 'global' or 't:<tenant>'.
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY,
+        event_id        TEXT NOT NULL,
+        destination     TEXT NOT NULL,
+        tenant          TEXT,
+        type            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        status          TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error      TEXT,
+        done_at_ms      INTEGER,
+        UNIQUE (event_id, destination)
+    );
+    CREATE INDEX outbox_pending ON outbox(status, destination, id);
+    CREATE INDEX outbox_tenant ON outbox(tenant, status, id);
+    """,
+]
+
+LATEST = len(MIGRATIONS)

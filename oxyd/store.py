@@ -1,0 +1,473 @@
+"""oxyd.sqlite3: open + migrate, tenants, tokens, queries. With schema.py and batch.py, the only SQL.
+
+One write connection guarded by a lock (so a transaction is never interleaved with another
+coroutine's statements), and one read connection for the HTTP side: WAL lets readers see
+every commit without waiting behind a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from oxyd import schema
+from oxyd.model import State, Tenant
+
+DB_NAME = "oxyd.sqlite3"
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def encode_cursor(*parts: Any) -> str:
+    raw = json.dumps(parts, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, arity: int) -> list[Any]:
+    """Raises ValueError for anything that is not a cursor we made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        parts = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError("malformed cursor") from e
+    if not isinstance(parts, list) or len(parts) != arity:
+        raise ValueError("malformed cursor")
+    return parts
+
+
+async def _pragmas(db: aiosqlite.Connection) -> None:
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    await db.execute("PRAGMA foreign_keys=ON")
+
+
+MESSAGE_COLS = (
+    "id, chat, sender, from_me, sent_at_ms, kind, text, push_name, status, delivered_at_ms,"
+    " read_at_ms, played_at_ms, wa_id, media, chat_alt, sender_alt, ref_id"
+)
+
+
+def message_json(row: aiosqlite.Row | tuple) -> dict[str, Any]:
+    """The message object of design §6 (plus a few extra fields) from a MESSAGE_COLS row."""
+    return {
+        "id": row[12],
+        "chat": row[1],
+        "sender": row[2],
+        "from_me": bool(row[3]),
+        "sent_at_ms": row[4],
+        "kind": row[5],
+        "text": row[6],
+        "push_name": row[7],
+        "status": row[8],
+        "delivered_at_ms": row[9],
+        "read_at_ms": row[10],
+        "played_at_ms": row[11],
+        "media": json.loads(row[13]) if row[13] else None,
+        "chat_alt": row[14],
+        "sender_alt": row[15],
+        "ref_id": row[16],
+    }
+
+
+def _tenant(row: aiosqlite.Row | tuple) -> Tenant:
+    return Tenant(
+        id=row[0],
+        engine=row[1],
+        state=State(row[2]),
+        last_error=row[3],
+        state_since_ms=row[4],
+        created_at_ms=row[5],
+        jid=row[6],
+        push_name=row[7],
+        failures=row[8],
+        ban_expires_ms=row[9],
+        messages_stored=row[10] or 0,
+    )
+
+
+class Store:
+    def __init__(self, path: Path, db: aiosqlite.Connection, ro: aiosqlite.Connection) -> None:
+        self.path = path
+        self.db = db
+        self.ro = ro
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> Store:
+        path = data_dir / DB_NAME
+        new = not path.exists()
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            if new:
+                await asyncio.to_thread(os.chmod, path, 0o600)
+            await _pragmas(db)
+            await _migrate(db, path)
+            ro = await aiosqlite.connect(path, isolation_level=None)
+            await _pragmas(ro)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(path, db, ro)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        async with self._lock:
+            await self.ro.close()
+            try:
+                await self.db.execute("PRAGMA optimize")
+            finally:
+                await self.db.close()
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; the lock keeps other writers' statements out of it."""
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def ping(self) -> bool:
+        try:
+            async with self.ro.execute("SELECT 1") as cur:
+                return (await cur.fetchone()) == (1,)
+        except Exception:
+            return False
+
+    # ---- tenants ----
+
+    _TENANT_SELECT = (
+        "SELECT t.id, t.engine, t.state, t.reason, t.state_since_ms, t.created_at_ms, t.jid,"
+        " t.push_name, t.failures, t.ban_expires_ms, c.messages_stored"
+        " FROM tenants t LEFT JOIN tenant_counts c ON c.tenant = t.id"
+    )
+
+    async def tenants(self) -> list[Tenant]:
+        async with self.ro.execute(self._TENANT_SELECT + " ORDER BY t.id") as cur:
+            return [_tenant(r) for r in await cur.fetchall()]
+
+    async def tenant(self, tenant_id: str) -> Tenant | None:
+        async with self.ro.execute(self._TENANT_SELECT + " WHERE t.id = ?", (tenant_id,)) as cur:
+            row = await cur.fetchone()
+        return _tenant(row) if row else None
+
+    async def messages_stored(self) -> dict[str, int]:
+        async with self.ro.execute("SELECT tenant, messages_stored FROM tenant_counts") as cur:
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def add_tenant(self, t: Tenant) -> bool:
+        """False when the id exists already."""
+        async with self.tx() as db:
+            cur = await db.execute(
+                "INSERT INTO tenants (id, engine, state, reason, state_since_ms, created_at_ms,"
+                " jid, push_name, failures) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (
+                    t.id,
+                    t.engine,
+                    str(t.state),
+                    t.last_error,
+                    t.state_since_ms,
+                    t.created_at_ms,
+                    t.jid,
+                    t.push_name,
+                    t.failures,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            await db.execute(
+                "INSERT INTO state_history (tenant, state, reason, at_ms) VALUES (?,?,?,?)",
+                (t.id, str(t.state), t.last_error, t.state_since_ms),
+            )
+            return True
+
+    async def save_state(self, t: Tenant, outbox: Iterable[tuple] = ()) -> None:
+        """Persist the tenant's state row, a history line and its outbox rows in one commit."""
+        async with self.tx() as db:
+            await db.execute(
+                "UPDATE tenants SET state=?, reason=?, state_since_ms=?, jid=?, push_name=?,"
+                " failures=?, ban_expires_ms=? WHERE id=?",
+                (
+                    str(t.state),
+                    t.last_error,
+                    t.state_since_ms,
+                    t.jid,
+                    t.push_name,
+                    t.failures,
+                    t.ban_expires_ms,
+                    t.id,
+                ),
+            )
+            await db.execute(
+                "INSERT INTO state_history (tenant, state, reason, at_ms) VALUES (?,?,?,?)",
+                (t.id, str(t.state), t.last_error, t.state_since_ms),
+            )
+            await insert_outbox(db, outbox)
+
+    async def append_outbox(self, rows: Iterable[tuple]) -> None:
+        async with self.tx() as db:
+            await insert_outbox(db, rows)
+
+    async def state_history(self, tenant_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        async with self.ro.execute(
+            "SELECT state, reason, at_ms FROM state_history WHERE tenant=? ORDER BY id DESC"
+            " LIMIT ?",
+            (tenant_id, limit),
+        ) as cur:
+            return [{"state": r[0], "reason": r[1], "at_ms": r[2]} for r in await cur.fetchall()]
+
+    async def remove_tenant(self, tenant_id: str, *, purge: bool) -> None:
+        async with self.tx() as db:
+            await db.execute("DELETE FROM tenants WHERE id=?", (tenant_id,))
+            await db.execute(
+                "DELETE FROM outbox WHERE tenant=? AND destination=?",
+                (tenant_id, f"t:{tenant_id}"),
+            )
+            if purge:
+                for table in ("messages", "chats", "contacts", "tenant_counts", "history_syncs"):
+                    await db.execute(f"DELETE FROM {table} WHERE tenant=?", (tenant_id,))
+
+    # ---- tokens ----
+
+    async def add_token(self, tenant_id: str, token: str, now_ms: int) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                "INSERT INTO tokens (hash, tenant, created_at_ms) VALUES (?,?,?)",
+                (hash_token(token), tenant_id, now_ms),
+            )
+
+    async def revoke_tokens(self, tenant_id: str) -> int:
+        async with self.tx() as db:
+            cur = await db.execute("DELETE FROM tokens WHERE tenant=?", (tenant_id,))
+            return cur.rowcount
+
+    async def token_tenant(self, token: str) -> str | None:
+        async with self.ro.execute(
+            "SELECT tenant FROM tokens WHERE hash=?", (hash_token(token),)
+        ) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    # ---- webhook destinations ----
+
+    async def set_webhook(
+        self, tenant_id: str, url: str, secret: str, events: list[str] | None, now_ms: int
+    ) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                "INSERT INTO webhooks (tenant, url, secret, events, updated_at_ms)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(tenant) DO UPDATE SET url=excluded.url,"
+                " secret=excluded.secret, events=excluded.events,"
+                " updated_at_ms=excluded.updated_at_ms",
+                (
+                    tenant_id,
+                    url,
+                    secret,
+                    json.dumps(events) if events is not None else None,
+                    now_ms,
+                ),
+            )
+
+    async def delete_webhook(self, tenant_id: str) -> bool:
+        async with self.tx() as db:
+            cur = await db.execute("DELETE FROM webhooks WHERE tenant=?", (tenant_id,))
+            return cur.rowcount > 0
+
+    async def webhooks(self) -> dict[str, dict[str, Any]]:
+        async with self.ro.execute(
+            "SELECT tenant, url, secret, events, updated_at_ms FROM webhooks"
+        ) as cur:
+            return {
+                r[0]: {
+                    "url": r[1],
+                    "secret": r[2],
+                    "events": json.loads(r[3]) if r[3] else None,
+                    "updated_at_ms": r[4],
+                }
+                for r in await cur.fetchall()
+            }
+
+    # ---- messages and chats ----
+
+    async def messages(
+        self, tenant_id: str, chat: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, keyset-paged on (sent_at_ms, id): no gaps or repeats when many
+        messages share a millisecond, and stable while new messages arrive."""
+        where, args = ["tenant = ?"], [tenant_id]
+        if chat is not None:
+            where.append("chat = ?")
+            args.append(chat)
+        if cursor is not None:
+            at_ms, row_id = decode_cursor(cursor, 2)
+            if not isinstance(at_ms, int) or not isinstance(row_id, int):
+                raise ValueError("malformed cursor")
+            where.append("(sent_at_ms < ? OR (sent_at_ms = ? AND id < ?))")
+            args += [at_ms, at_ms, row_id]
+        sql = (
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)}"
+            " ORDER BY sent_at_ms DESC, id DESC LIMIT ?"
+        )
+        async with self.ro.execute(sql, (*args, limit + 1)) as cur:
+            rows = list(await cur.fetchall())
+        nxt = encode_cursor(rows[limit - 1][4], rows[limit - 1][0]) if len(rows) > limit else None
+        return [message_json(r) for r in rows[:limit]], nxt
+
+    async def message_by_wa_id(self, tenant_id: str, wa_id: str) -> dict[str, Any] | None:
+        async with self.ro.execute(
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND wa_id=? LIMIT 1",
+            (tenant_id, wa_id),
+        ) as cur:
+            row = await cur.fetchone()
+        return message_json(row) if row else None
+
+    async def chats(
+        self, tenant_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Most recent first, keyset-paged on (last_message_ms, jid)."""
+        where, args = ["tenant = ?"], [tenant_id]
+        if cursor is not None:
+            at_ms, jid = decode_cursor(cursor, 2)
+            if not isinstance(at_ms, int) or not isinstance(jid, str):
+                raise ValueError("malformed cursor")
+            where.append(
+                "(coalesce(last_message_ms, 0) < ? OR"
+                " (coalesce(last_message_ms, 0) = ? AND jid < ?))"
+            )
+            args += [at_ms, at_ms, jid]
+        sql = (
+            "SELECT jid, name, last_message_ms, unread_count, message_count FROM chats"
+            f" WHERE {' AND '.join(where)}"
+            " ORDER BY coalesce(last_message_ms, 0) DESC, jid DESC LIMIT ?"
+        )
+        async with self.ro.execute(sql, (*args, limit + 1)) as cur:
+            rows = list(await cur.fetchall())
+        out = [
+            {
+                "jid": r[0],
+                "name": r[1],
+                "last_message_ms": r[2],
+                "unread_count": r[3],
+                "message_count": r[4],
+            }
+            for r in rows[:limit]
+        ]
+        nxt = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            nxt = encode_cursor(last[2] or 0, last[0])
+        return out, nxt
+
+    async def count_messages(self, tenant_id: str | None = None) -> int:
+        sql, args = "SELECT count(*) FROM messages", ()
+        if tenant_id is not None:
+            sql, args = sql + " WHERE tenant=?", (tenant_id,)
+        async with self.ro.execute(sql, args) as cur:
+            return (await cur.fetchone())[0]
+
+    async def history_syncs(self, tenant_id: str) -> list[dict[str, Any]]:
+        async with self.ro.execute(
+            "SELECT sync_type, conversations, processed, stored, at_ms FROM history_syncs"
+            " WHERE tenant=? ORDER BY id DESC LIMIT 20",
+            (tenant_id,),
+        ) as cur:
+            return [
+                {
+                    "sync_type": r[0],
+                    "conversations": r[1],
+                    "processed": r[2],
+                    "stored": r[3],
+                    "at_ms": r[4],
+                }
+                for r in await cur.fetchall()
+            ]
+
+    # ---- retention ----
+
+    async def prune_messages(self, before_ms: int, batch: int = 5000) -> int:
+        """Deletes in small transactions so the writer is never held up for long."""
+        total = 0
+        while True:
+            async with self.tx() as db:
+                cur = await db.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                    " WHERE sent_at_ms < ? LIMIT ?)",
+                    (before_ms, batch),
+                )
+                n = cur.rowcount
+            total += n
+            if n < batch:
+                return total
+
+    async def optimize(self) -> None:
+        async with self._lock:
+            await self.db.execute("PRAGMA optimize")
+
+
+async def insert_outbox(db: aiosqlite.Connection, rows: Iterable[tuple]) -> None:
+    """rows: (event_id, destination, tenant, type, body, created_at_ms)."""
+    rows = list(rows)
+    if rows:
+        await db.executemany(
+            "INSERT INTO outbox (event_id, destination, tenant, type, body, created_at_ms,"
+            " next_attempt_ms) VALUES (?,?,?,?,?,?,?6) ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        version = (await cur.fetchone())[0]
+    if version > schema.LATEST:
+        raise SchemaTooNew(
+            f"{path} has schema version {version}, but this oxyd knows only up to"
+            f" {schema.LATEST}: upgrade oxyd, or restore a backup made by this version"
+        )
+    if version == schema.LATEST:
+        return
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        for v in range(version, schema.LATEST):
+            for stmt in _statements(schema.MIGRATIONS[v]):
+                await db.execute(stmt)
+        await db.execute(f"PRAGMA user_version={schema.LATEST}")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    # executescript would COMMIT on its own; splitting keeps all migrations in one transaction.
+    return [s.strip() for s in script.split(";") if s.strip() and not _only_comments(s)]
+
+
+def _only_comments(s: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in s.splitlines())
