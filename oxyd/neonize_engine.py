@@ -25,84 +25,20 @@ from /work/shared/neonize-notes.md (several neonize calls kill the whole process
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
+import contextlib
 import logging
 import os
 import pathlib
-import re
-import sqlite3
 import sys
-import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from oxyd.clock import Clock, RealClock
-from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
-from oxyd.model import (
-    ClientOutdated,
-    Connected,
-    ConnectFailure,
-    Event,
-    LoggedOut,
-    Message,
-    PairCode,
-    PairFailed,
-    PairQR,
-    PairSuccess,
-    StreamReplaced,
-    TemporaryBan,
-)
-from oxyd.neonize_gate import Gate
+from oxyd.engine import Sink
+from oxyd.neonize_client import NeonizeClient, read_device, store_dsn
 
 log = logging.getLogger("oxyd.neonize")
-
-STORE_NAME = "whatsmeow.sqlite3"
-# WAL + busy timeout; the trailing `_x=` swallows the `?_foreign_keys=on` neonize appends.
-DSN_OPTIONS = "?_foreign_keys=on&_journal_mode=WAL&_busy_timeout=15000&_x="
-_TERMINAL = (LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated, ConnectFailure)
-_EVENT_NAMES = (
-    "Connected",
-    "Disconnected",
-    "KeepAliveTimeout",
-    "KeepAliveRestored",
-    "OfflineSyncCompleted",
-    "LoggedOut",
-    "StreamReplaced",
-    "TemporaryBan",
-    "ClientOutdated",
-    "ConnectFailure",
-    "StreamError",
-    "PairStatus",
-    "Message",
-    "Receipt",
-    "HistorySync",
-)
-_RECIPIENT_RE = re.compile(r"^(\d{6,20})$|^([0-9A-Za-z.:_-]{1,64})@([a-z.]{1,32})$")
-PHONE_RE = re.compile(r"^\d{6,20}$")
-
-
-def store_dsn(path: pathlib.Path) -> str:
-    return f"{path}{DSN_OPTIONS}"
-
-
-def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
-    """(jid, push name) of the paired device in a whatsmeow store file, without neonize
-    (whose device listing leaks a file handle per call). Missing file or table = not paired."""
-    if not path.is_file():
-        return None
-    from oxyd.neonize_events import parse_jid
-
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-        try:
-            row = con.execute("SELECT jid, push_name FROM whatsmeow_device LIMIT 1").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    if not row or not row[0]:
-        return None
-    return parse_jid(row[0]) or row[0], row[1] or None
 
 
 def process_resources() -> dict[str, int]:
@@ -118,6 +54,85 @@ def process_resources() -> dict[str, int]:
     except OSError:
         fds = -1
     return {"rss_bytes": rss_bytes, "open_fds": fds}
+
+
+class Gate:
+    """A fair (FIFO) reader/writer gate for neonize calls: a waiting exclusive holder blocks
+    newer shared ones, so a connect or stop is never starved by a stream of sends.
+
+    Plain counters and futures instead of asyncio locks: release never awaits, so a cancelled
+    holder cannot leak the gate."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._waiters: collections.deque[tuple[bool, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def busy(self) -> bool:
+        return self._writer or self._readers > 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._acquire(False)
+        try:
+            yield
+        finally:
+            self._release(False)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        await self._acquire(True)
+        try:
+            yield
+        finally:
+            self._release(True)
+
+    def _free_for(self, exclusive: bool) -> bool:
+        return not self._writer and (self._readers == 0 or not exclusive)
+
+    def _take(self, exclusive: bool) -> None:
+        if exclusive:
+            self._writer = True
+        else:
+            self._readers += 1
+
+    async def _acquire(self, exclusive: bool) -> None:
+        if not self._waiters and self._free_for(exclusive):
+            self._take(exclusive)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (exclusive, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release(exclusive)  # granted, then cancelled before we could use it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def _release(self, exclusive: bool) -> None:
+        if exclusive:
+            self._writer = False
+        else:
+            self._readers -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            exclusive, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if not self._free_for(exclusive):
+                return
+            self._waiters.popleft()
+            self._take(exclusive)
+            fut.set_result(None)
 
 
 class NeonizeEngine:
@@ -216,31 +231,11 @@ def quiet_neonize_logs() -> None:
     logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
 
 
-from oxyd.neonize_client import NeonizeClient  # noqa: E402  (the client needs the engine)
-
 __all__ = [
+    "Gate",
     "NeonizeClient",
     "NeonizeEngine",
+    "process_resources",
     "read_device",
     "store_dsn",
 ]
-_unused = (
-    Any,
-    json,
-    time,
-    Event,
-    Message,
-    PairCode,
-    PairFailed,
-    PairQR,
-    PairSuccess,
-    EngineError,
-    NotConnected,
-    OutboundMedia,
-    Connected,
-    PHONE_RE,
-    _RECIPIENT_RE,
-    _TERMINAL,
-    _EVENT_NAMES,
-    STORE_NAME,
-)

@@ -1,0 +1,422 @@
+"""One tenant's neonize session (see oxyd/neonize_engine.py for the rules it keeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+import re
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+from oxyd import neonize_events as tr
+from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
+from oxyd.model import (
+    ClientOutdated,
+    Connected,
+    ConnectFailure,
+    Event,
+    LoggedOut,
+    Message,
+    StreamReplaced,
+    TemporaryBan,
+)
+from oxyd.neonize_pair import PairingRun
+
+if TYPE_CHECKING:
+    from oxyd.neonize_engine import NeonizeEngine
+
+log = logging.getLogger("oxyd.neonize")
+
+STORE_NAME = "whatsmeow.sqlite3"
+# WAL + busy timeout; the trailing `_x=` swallows the `?_foreign_keys=on` neonize appends.
+DSN_OPTIONS = "?_foreign_keys=on&_journal_mode=WAL&_busy_timeout=15000&_x="
+_TERMINAL = (LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated, ConnectFailure)
+_EVENT_NAMES = (
+    "Connected",
+    "Disconnected",
+    "KeepAliveTimeout",
+    "KeepAliveRestored",
+    "OfflineSyncCompleted",
+    "LoggedOut",
+    "StreamReplaced",
+    "TemporaryBan",
+    "ClientOutdated",
+    "ConnectFailure",
+    "StreamError",
+    "PairStatus",
+    "Message",
+    "Receipt",
+    "HistorySync",
+)
+_RECIPIENT_RE = re.compile(r"^(\d{6,20})$|^([0-9A-Za-z._-]{1,64})@([a-z.]{1,32})$")
+_MEDIA_TYPES = {"image": 0, "video": 1, "audio": 2, "document": 3}
+
+
+def store_dsn(path: pathlib.Path) -> str:
+    return f"{path}{DSN_OPTIONS}"
+
+
+def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
+    """(jid, push name) of the paired device in a whatsmeow store file, without neonize
+    (whose device listing leaks a file handle per call). Missing file or table = not paired."""
+    if not path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = con.execute("SELECT jid, push_name FROM whatsmeow_device LIMIT 1").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    if not row or not row[0]:
+        return None
+    return tr.parse_jid(row[0]) or row[0], row[1] or None
+
+
+def recipient_jid(to: str) -> tuple[str, str]:
+    """(user, server) of a send target: international digits (no +) or a JID."""
+    m = _RECIPIENT_RE.match(to.strip()) if isinstance(to, str) else None
+    if m is None:
+        raise EngineError("recipient must be international digits without + or a JID")
+    if m.group(1):
+        return m.group(1), "s.whatsapp.net"
+    return m.group(2), m.group(3)
+
+
+class NeonizeClient:
+    """One tenant's session; the engine keeps exactly one per tenant for the process' life."""
+
+    def __init__(self, engine: NeonizeEngine, tenant_id: str, sink: Sink) -> None:
+        self.engine = engine
+        self.tenant_id = tenant_id
+        self.sink = sink
+        self.uuid = f"oxyd-{tenant_id}"
+        self.store_dir = engine.data_dir / "tenants" / tenant_id
+        self.store_path = self.store_dir / STORE_NAME
+        self._nc: Any = None
+        self._task: asyncio.Task | None = None
+        self._stopper: asyncio.Task | None = None
+        self._pairing: PairingRun | None = None
+        self._had_session = False
+        self._stopping = False
+        self._explained = False
+        self._muted = False
+        self._first_signal = asyncio.Event()
+        self._own_jid: str | None = None
+        self._last_event_mono: float | None = None
+
+    # ---- store ----
+
+    async def device(self) -> tuple[str, str | None] | None:
+        """(jid, push name) of the paired device, read from the store file."""
+        found = await asyncio.to_thread(read_device, self.store_path)
+        if found is not None:
+            self._own_jid = self._own_jid or found[0]
+        return found
+
+    async def is_paired(self) -> bool:
+        return await self.device() is not None
+
+    async def remove(self) -> None:
+        await self.stop()
+        await asyncio.to_thread(self._delete_store)
+
+    def _delete_store(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.store_dir / f"{STORE_NAME}{suffix}").unlink()
+        with contextlib.suppress(OSError):
+            self.store_dir.rmdir()  # only when empty
+        self._own_jid = None
+
+    # ---- native client and its handlers ----
+
+    def native(self) -> Any:
+        """The tenant's one NewAClient, created on first use with every handler registered
+        (Go only forwards event codes subscribed before connect). Tests feed events into it."""
+        if self._nc is None:
+            from neonize.aioze import events as nev
+            from neonize.aioze.client import NewAClient
+
+            self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            nc = NewAClient(store_dsn(self.store_path), uuid=self.uuid)
+            for name in _EVENT_NAMES:
+                nc.event(getattr(nev, f"{name}Ev"))(self._handler(name))
+            nc.qr(self._on_qr)
+            self._nc = nc
+        return self._nc
+
+    def _handler(self, name: str) -> Any:
+        async def handler(_nc: Any, ev: Any) -> None:
+            # No await before this call: each event is its own task and only the first step
+            # of those tasks runs in arrival order.
+            self._on_event(name, ev)
+
+        handler.__name__ = f"on_{name}"
+        return handler
+
+    def _on_event(self, name: str, ev: Any) -> None:
+        try:
+            self._last_event_mono = time.monotonic()
+            self._first_signal.set()
+            if self._muted:
+                return
+            if name == "Message":
+                events: list[Event] = []
+                msg = tr.message_from_event(ev, own_jid=self._own_jid)
+                if msg is not None:
+                    events.append(msg)
+            elif name == "Receipt":
+                receipt = tr.receipt_from_event(ev)
+                events = [receipt] if receipt is not None else []
+            elif name == "HistorySync":
+                events = tr.history_events(ev, own_jid=self._own_jid)
+            else:
+                one = tr.lifecycle_event(name, ev, me=self._nc.me if self._nc else None)
+                events = [one] if one is not None else []
+            for event in events:
+                if isinstance(event, Connected) and event.jid:
+                    self._own_jid = event.jid
+                if isinstance(event, _TERMINAL):
+                    self._explained = True
+                self._emit(event)
+        except Exception:
+            log.exception("neonize %s: cannot handle %s event", self.tenant_id, name)
+
+    async def _on_qr(self, _nc: Any, _data: bytes) -> None:
+        # A QR in the daemon means the store lost its device (connect checks it first): report
+        # it and stop, never run a QR login here (an abandoned one can block a Go thread).
+        self._first_signal.set()
+        if not self._muted:
+            self._explained = True
+            self._emit(LoggedOut(reason="device store not paired"))
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self.sink(event)
+        except Exception:
+            log.exception("neonize %s: sink failed on %s", self.tenant_id, type(event).__name__)
+
+    # ---- session ----
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def stuck(self) -> bool:
+        """A stop was requested but Go's Stop or connect call has not returned."""
+        if self._stopper is not None and not self._stopper.done():
+            return True
+        return self._stopping and self.running
+
+    def last_event_age_s(self) -> float | None:
+        if self._last_event_mono is None:
+            return None
+        return time.monotonic() - self._last_event_mono
+
+    async def _start_session(self, nc: Any) -> asyncio.Task:
+        """Test seam: the one place a session starts."""
+        return await nc.connect()
+
+    async def connect(self) -> None:
+        await self.engine.start()
+        if self._pairing is not None and self._pairing.active:
+            raise EngineError("pairing in progress")
+        if self.running:
+            return
+        if self._stopper is not None and not self._stopper.done():
+            raise EngineError("previous session still stopping")
+        if not await self.is_paired():
+            raise EngineError("device store not paired")
+        nc = self.native()
+        async with self.engine.gate.exclusive():
+            if self._had_session:
+                await nc.stop()  # clear whatever a dead session left in Go's maps
+            self._stopping = self._explained = self._muted = False
+            self._first_signal = asyncio.Event()
+            task = await self._start_session(nc)
+            self._had_session = True
+            self._task = task
+            task.add_done_callback(self._on_session_end)
+            first = asyncio.ensure_future(self._first_signal.wait())
+            try:
+                await asyncio.wait(
+                    {first, task},
+                    timeout=self.engine.connect_hold_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                first.cancel()
+
+    def _on_session_end(self, task: asyncio.Task) -> None:
+        if task is not self._task:
+            return
+        if task.cancelled():
+            error: BaseException | str = "connect task cancelled"
+        else:
+            error = task.exception() or "session ended"
+        if self._stopping or self._explained or self._muted:
+            log.debug("neonize %s: session ended (%s)", self.tenant_id, error)
+            return
+        log.warning("neonize %s: session died: %s", self.tenant_id, error)
+        self._emit(tr.dead(error))
+
+    async def heartbeat(self) -> bool:
+        if not self.running:
+            return False
+        async with self.engine.gate.shared():
+            if not self.running:
+                return False
+            # A property returning a coroutine: `if nc.is_logged_in:` would always be true.
+            return bool(await self._nc.is_logged_in)
+
+    async def stop(self) -> None:
+        """End the session or pairing. No events after it returns. Bounded by stop_grace_s;
+        past that the client counts as stuck (see NeonizeEngine.close)."""
+        self._muted = True
+        if self._pairing is not None:
+            await self._pairing.cancel()
+        task = self._task
+        if task is None or self._nc is None:
+            return
+        self._stopping = True
+        if self._stopper is None or self._stopper.done():
+            self._stopper = asyncio.ensure_future(self._stop_locked(task))
+        await asyncio.wait({self._stopper}, timeout=self.engine.stop_grace_s)
+        if self.stuck:
+            log.error(
+                "neonize %s: still stuck %.1f s after stop",
+                self.tenant_id,
+                self.engine.stop_grace_s,
+            )
+
+    async def _stop_locked(self, task: asyncio.Task) -> None:
+        # Shielded from the caller's timeout: the gate stays exclusive until Go's Stop returns,
+        # since another neonize call during a Stop can corrupt Go's maps.
+        async with self.engine.gate.exclusive():
+            await self._nc.stop()
+            await asyncio.wait({task}, timeout=self.engine.stop_grace_s)
+
+    async def logout(self) -> None:
+        """Unlink the device (needs a live session; otherwise only the local store is cleared,
+        and the phone still lists the device), end the session, delete the store."""
+        if self.running:
+            self._muted = True
+            async with self.engine.gate.exclusive():
+                try:
+                    await self._nc.logout()
+                except Exception as e:
+                    log.warning("neonize %s: logout failed: %s", self.tenant_id, e)
+        else:
+            log.warning("neonize %s: not connected; device removed locally only", self.tenant_id)
+        await self.stop()
+        await asyncio.to_thread(self._delete_store)
+
+    # ---- pairing ----
+
+    async def pair(self, phone: str | None) -> None:
+        await self.engine.start()
+        if phone is not None:
+            phone = re.sub(r"[\s+()-]", "", phone)
+            if not re.fullmatch(r"\d{6,20}", phone):
+                raise EngineError("phone must be international digits without +")
+        await self.stop()
+        if await self.is_paired():
+            raise EngineError("device store is already paired")
+        self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._muted = False
+        self._pairing = PairingRun(
+            argv=[
+                *self.engine.pair_argv,
+                str(self.store_path),
+                self.uuid,
+                *([phone] if phone else []),
+            ],
+            emit=self._emit,
+            now_ms=self.engine.clock.now_ms,
+            timeout_s=self.engine.pair_timeout_s,
+            label=self.tenant_id,
+        )
+        await self._pairing.start()
+
+    # ---- sending ----
+
+    async def send(self, to: str, text: str | None, media: OutboundMedia | None) -> Message:
+        user, server = recipient_jid(to)
+        if not text and media is None:
+            raise EngineError("nothing to send")
+        if media is not None and media.type not in _MEDIA_TYPES:
+            raise EngineError(f"unsupported media type {media.type!r}")
+        if not self.running:
+            raise NotConnected("not connected")
+        from neonize.proto import Neonize_pb2 as npb
+
+        jid = npb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+        async with self.engine.gate.shared():
+            if not self.running or not await self._nc.is_logged_in:
+                raise NotConnected("not connected")
+            try:
+                body = await self._build(text, media)
+                resp = await self._nc.send_message(jid, body)
+            except EngineError:
+                raise
+            except Exception as e:
+                raise EngineError(f"send failed: {e}") from e
+        sent_at_ms = tr.to_ms(resp.Timestamp) or self.engine.clock.now_ms()
+        own = self._own_jid or ""
+        info = npb.MessageInfo(
+            ID=resp.ID,
+            Timestamp=sent_at_ms,
+            MessageSource=npb.MessageSource(
+                Chat=jid,
+                Sender=npb.JID(
+                    User=own.split("@")[0], Server=own.rsplit("@", 1)[-1] if own else ""
+                ),
+                IsFromMe=True,
+                IsGroup=server == "g.us",
+            ),
+        )
+        ev = npb.Message(Info=info, Message=body)
+        msg = tr.message_from_event(ev, own_jid=self._own_jid)
+        if msg is None:
+            raise EngineError("sent an empty message")
+        return msg
+
+    async def _build(self, text: str | None, media: OutboundMedia | None) -> Any:
+        """The waE2E message for a send. Media always comes as bytes (never a path or URL given
+        by a client); audio and video skip neonize's builders because those need ffmpeg."""
+        from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+        from neonize.utils.enum import MediaType
+
+        nc = self._nc
+        if media is None:
+            return e2e.Message(conversation=text)
+        data = bytes(media.data)
+        caption = media.caption or text or None
+        if media.type == "image":
+            return await nc.build_image_message(data, caption)
+        if media.type == "document":
+            return await nc.build_document_message(
+                data, caption, filename=media.filename, mimetype=media.mime
+            )
+        up = await nc.upload(data, MediaType(_MEDIA_TYPES[media.type]))
+        common = dict(
+            URL=up.url,
+            directPath=up.DirectPath,
+            fileEncSHA256=up.FileEncSHA256,
+            fileLength=up.FileLength,
+            fileSHA256=up.FileSHA256,
+            mediaKey=up.MediaKey,
+        )
+        if media.type == "audio":
+            mime = media.mime or "audio/ogg; codecs=opus"
+            return e2e.Message(audioMessage=e2e.AudioMessage(mimetype=mime, PTT=False, **common))
+        mime = media.mime or "video/mp4"
+        return e2e.Message(videoMessage=e2e.VideoMessage(mimetype=mime, caption=caption, **common))
