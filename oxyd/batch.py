@@ -317,7 +317,7 @@ class Writer:
         """Chats, per-tenant counters and message webhooks from the rows really inserted."""
         chats: dict[tuple[str, str], list[int]] = {}
         per_tenant: Counter[str] = Counter()
-        for row_id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history in new_rows:
+        for _row_id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history in new_rows:
             agg = chats.setdefault((tenant, chat), [0, 0, 0])
             agg[0] = max(agg[0], sent_at_ms)
             agg[1] += 1 if not from_me and not from_history else 0
@@ -342,7 +342,8 @@ class Writer:
         if per_tenant:
             await db.executemany(
                 "INSERT INTO tenant_counts (tenant, messages_stored) VALUES (?,?)"
-                " ON CONFLICT DO UPDATE SET messages_stored=messages_stored+excluded.messages_stored",
+                " ON CONFLICT DO UPDATE SET"
+                " messages_stored=messages_stored+excluded.messages_stored",
                 list(per_tenant.items()),
             )
         return dict(per_tenant)

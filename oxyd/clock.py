@@ -43,7 +43,7 @@ class FakeClock:
         self._seq = itertools.count()
 
     def now_ms(self) -> int:
-        return int(round((self._now_s + self._mono - self._start_mono) * 1000))
+        return round((self._now_s + self._mono - self._start_mono) * 1000)
 
     def monotonic(self) -> float:
         return self._mono

@@ -1,4 +1,4 @@
-"""oxyd.sqlite3: open + migrate, tenants, tokens, queries. With schema.py and batch.py, the only SQL.
+"""oxyd.sqlite3: open + migrate, tenants, tokens, queries (SQL lives here, schema.py, batch.py).
 
 One write connection guarded by a lock (so a transaction is never interleaved with another
 coroutine's statements), and one read connection for the HTTP side: WAL lets readers see

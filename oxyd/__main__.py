@@ -1,0 +1,5 @@
+import sys
+
+from oxyd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""`oxyd run`: store -> writer -> supervisor -> jobs -> http, unwound in reverse.
+
+HTTP stops first (no new work), tenants stop, queues drain to disk, the database closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from oxyd import datadir, outbox
+from oxyd.batch import Writer
+from oxyd.clock import Clock, RealClock
+from oxyd.config import Config
+from oxyd.engine import Engine
+from oxyd.simulator import SimulatorEngine
+from oxyd.store import Store
+from oxyd.supervisor import Supervisor
+
+
+@dataclass
+class App:
+    cfg: Config
+    clock: Clock
+    store: Store
+    writer: Writer
+    subs: outbox.Subscriptions
+    supervisor: Supervisor
+    engines: dict[str, Engine]
+    admin_token: str
+    started_ms: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def make_engines(cfg: Config, clock: Clock) -> dict[str, Engine]:
+    engines: dict[str, Engine] = {"simulator": SimulatorEngine(cfg.data_dir, cfg.simulator, clock)}
+    try:
+        from oxyd.neonize_engine import NeonizeEngine
+
+        engines["neonize"] = NeonizeEngine(
+            cfg.data_dir, clock=clock, pair_timeout_s=cfg.supervisor.pair_timeout_s,
+            stop_grace_s=cfg.supervisor.stop_grace_s,
+        )
+    except ImportError as e:  # neonize's wheel exists for the common platforms only
+        logger.warning("neonize engine unavailable ({}); only simulator tenants will run", e)
+    return engines
+
+
+async def build(cfg: Config, clock: Clock | None = None,
+                engines: dict[str, Engine] | None = None) -> App:
+    """Open everything but start no tenant and no server (tests build apps this way)."""
+    clock = clock or RealClock()
+    await asyncio.to_thread(datadir.prepare, cfg.data_dir)
+    token, source = await asyncio.to_thread(
+        datadir.admin_token, cfg.data_dir, os.environ.get("OXYD_ADMIN_TOKEN"),
+        cfg.http.admin_token_file)
+    from oxyd import log
+
+    log.redact(token)
+    log.redact(cfg.webhooks.secret)
+    logger.info("admin token from {}", source)
+    store = await Store.open(cfg.data_dir)
+    subs = outbox.Subscriptions(cfg.webhooks.events if cfg.webhooks.url else None)
+    writer = Writer(store, clock, subs, batch_max=cfg.store.batch_max,
+                    queue_max=cfg.store.queue_max)
+    engines = engines if engines is not None else make_engines(cfg, clock)
+    sup = Supervisor(cfg, store, writer, subs, clock, engines)
+    writer._on_commit = sup.on_stored
+    return App(cfg, clock, store, writer, subs, sup, engines, token, clock.now_ms())
+
+
+async def start(app: App) -> None:
+    app.writer.start()
+    for engine in app.engines.values():
+        starter = getattr(engine, "start", None)
+        if starter is not None:
+            await starter()
+    await app.supervisor.start()
+
+
+async def stop(app: App) -> None:
+    """Tenants stop, queues drain, the database closes last. Returns False when a client
+    was stuck and the process should leave through os._exit."""
+    grace_s = app.cfg.supervisor.stop_grace_s
+    await app.supervisor.stop()
+    try:
+        await asyncio.wait_for(app.writer.stop(), grace_s + 30)
+    except TimeoutError:
+        logger.error("writer could not drain within the grace period; {} rows unwritten",
+                     app.writer.depth)
+    clean = True
+    for engine in app.engines.values():
+        try:
+            result = await asyncio.wait_for(engine.close(), grace_s + 5)
+            clean = clean and result is not False
+        except Exception as e:
+            logger.error("engine {} did not close: {!r}", engine.name, e)
+            clean = False
+    await app.store.close()
+    return clean
+
+
+async def run(cfg: Config) -> int:
+    """The daemon. Returns the exit code."""
+    from oxyd import http
+
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("{} received: shutting down (send it again to force)", signame)
+            stop_event.set()
+        else:
+            logger.warning("second signal: exiting now")
+            os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    app = await build(cfg)
+    logger.info("data directory {}", cfg.data_dir.resolve())
+    await start(app)
+    runner = await http.serve(app)
+    logger.info("listening on http://{}:{}", cfg.http.host, cfg.http.port)
+    await stop_event.wait()
+
+    await runner.cleanup()  # HTTP first: no new work while we drain
+    clean = await stop(app)
+    logger.info("stopped")
+    if not clean:
+        logger.warning("a WhatsApp client thread is stuck; leaving without waiting for it")
+        os._exit(0)
+    return 0

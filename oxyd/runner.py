@@ -1,0 +1,368 @@
+"""One tenant's life: connect, watch, back off, park. The supervisor owns one Runner per tenant.
+
+Errors split three ways (as Home Assistant's config entries do): transient (back off and try
+again), needs-a-person (park in a terminal state, persist, alert; never retried), and bugs
+(log the traceback, count as a failed attempt, back off). Cancellation is always re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from oxyd import backoff
+from oxyd import model as m
+from oxyd.model import PARKED, State
+
+if TYPE_CHECKING:
+    from oxyd.supervisor import Supervisor
+
+_DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact)
+# What an operator should do about each state that needs a person.
+ACTIONS = {
+    State.LOGGED_OUT: "the phone unlinked this device: pair it again",
+    State.CONFLICT: "another client uses this session: stop the other client, then start it",
+    State.OUTDATED: "WhatsApp refuses this client version: upgrade oxyd (neonize), then start",
+    State.FAILED: "too many failed attempts in a row: check the last error, then start it",
+    State.BANNED: "temporarily banned by WhatsApp: oxyd retries once after the ban expires",
+}
+_TERMINAL = {
+    m.LoggedOut: State.LOGGED_OUT,
+    m.StreamReplaced: State.CONFLICT,
+    m.ClientOutdated: State.OUTDATED,
+    m.TemporaryBan: State.BANNED,
+}
+
+
+class _Ended(Exception):
+    """The session (or attempt) ended; `state` is set for needs-a-person endings."""
+
+    def __init__(self, reason: str, state: State | None = None, event: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state
+        self.event = event
+
+
+class Runner:
+    def __init__(self, sup: Supervisor, tenant: m.Tenant) -> None:
+        self.sup = sup
+        self.t = tenant
+        self.log = logger.bind(tenant=tenant.id)
+        self.events: deque[m.Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.client = sup.engines[tenant.engine].client(tenant.id, self._sink)
+        self.task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
+        self.pairing: dict[str, Any] = {"qr": None, "code": None, "expires_ms": None}
+        self.last_event_mono = 0.0
+        self.last_ok_mono = 0.0
+        self.bucket = sup.send_bucket()
+
+    # ---- the engine's sink: on the loop thread, never awaits ----
+
+    def _sink(self, ev: m.Event) -> None:
+        self.events.append(ev)
+        self.last_event_mono = self.sup.clock.monotonic()
+        self.t.last_event_ms = self.sup.clock.now_ms()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.events) + self.sup.writer.pending_by_tenant.get(self.t.id, 0)
+
+    # ---- task control ----
+
+    def spawn(self, mode: str, phone: str | None = None) -> None:
+        self.task = asyncio.create_task(self._life(mode, phone), name=f"tenant-{self.t.id}")
+        self.task.add_done_callback(self.sup.runner_done)
+
+    async def cancel(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    # ---- life ----
+
+    async def _life(self, mode: str, phone: str | None) -> None:
+        if mode == "pair":
+            if not await self._pair(phone):
+                return
+        elif mode == "restore":
+            if self.t.state in PARKED or self.t.state is State.STOPPED:
+                return
+            if not await self.client.is_paired():
+                if self.t.state is not State.NEW:
+                    await self.set(State.NEW, "device store missing or empty: pair it")
+                return
+        await self._connect_loop()
+
+    async def _connect_loop(self) -> None:
+        cfg = self.sup.cfg.supervisor
+        after_ban = False
+        while True:
+            if self.t.state is State.BANNED and self.t.ban_expires_ms:
+                wait_s = (self.t.ban_expires_ms - self.sup.clock.now_ms()) / 1000
+                self.t.next_attempt_ms = self.t.ban_expires_ms
+                await self._idle(wait_s)
+                after_ban = True
+            try:
+                try:
+                    ev = await self._attempt()
+                    await self._session(ev)
+                except _Ended:
+                    raise
+                except Exception as e:  # a bug in the engine or here: not the tenant's fault
+                    self.log.opt(exception=e).error("tenant task failed: {}", e)
+                    raise _Ended(f"internal error: {type(e).__name__}: {e}") from e
+            except _Ended as end:
+                await self._stop_client()
+                if end.state is State.BANNED and after_ban:
+                    await self.park(State.FAILED, f"banned again after the ban expired ({end})")
+                    return
+                if end.state is State.BANNED:
+                    ev = end.event
+                    self.t.ban_expires_ms = self.sup.clock.now_ms() + int(ev.expire_s * 1000)
+                    await self.park(State.BANNED, f"temporary ban (code {ev.code})")
+                    continue
+                if end.state is not None:
+                    await self.park(end.state, end.reason)
+                    return
+                after_ban = False
+                self.t.failures += 1
+                if self.t.failures >= cfg.max_failures:
+                    await self.park(State.FAILED,
+                                    f"{self.t.failures} failed attempts in a row; last: {end}")
+                    return
+                delay = backoff.delay_s(self.t.failures - 1, cfg.backoff_base_s,
+                                        cfg.backoff_cap_s, self.sup.rng)
+                self.t.next_attempt_ms = self.sup.clock.now_ms() + int(delay * 1000)
+                await self.set(State.BACKOFF, end.reason)
+                self.log.warning("{}; next attempt in {:.1f}s (failure {} of {})", end,
+                                 delay, self.t.failures, cfg.max_failures)
+                await self._idle(delay)
+
+    async def _attempt(self) -> m.Connected:
+        cfg = self.sup.cfg.supervisor
+        async with self.sup.gate.slot():
+            self.t.next_attempt_ms = None
+            await self.set(State.CONNECTING, self.t.last_error)
+            try:
+                await self.client.connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                raise _Ended(f"connect failed: {e}") from e
+            deadline = self.sup.clock.monotonic() + cfg.connect_timeout_s
+            while True:
+                ev = await self.next_event(deadline)
+                if ev is None:
+                    raise _Ended(f"connect timed out after {cfg.connect_timeout_s:g}s")
+                if isinstance(ev, m.Connected):
+                    return ev
+                self._check_end(ev)
+
+    def _check_end(self, ev: m.Event) -> None:
+        state = _TERMINAL.get(type(ev))
+        if state is not None:
+            reason = getattr(ev, "reason", None) or state.value.replace("_", " ")
+            raise _Ended(str(reason), state, ev)
+        if isinstance(ev, m.ConnectFailure):
+            raise _Ended(f"connect failure {ev.reason}: {ev.message}".rstrip(": "))
+        if isinstance(ev, m.ClientDead):
+            raise _Ended(f"client ended: {ev.error}" if ev.error else "client ended")
+
+    async def _session(self, ev: m.Connected) -> None:
+        cfg = self.sup.cfg.supervisor
+        clock = self.sup.clock
+        await self._connected(ev, reconnect=False)
+        connected_at = self.last_ok_mono = clock.monotonic()
+        reconnecting_since: float | None = None
+        next_hb = connected_at + cfg.heartbeat_s
+        while True:
+            deadline = next_hb
+            if self.t.failures and reconnecting_since is None:
+                deadline = min(deadline, connected_at + cfg.stable_after_s)
+            if reconnecting_since is not None:
+                deadline = min(deadline, reconnecting_since + cfg.reconnect_timeout_s)
+            ev = await self.next_event(deadline)
+            now = clock.monotonic()
+            if ev is None:
+                if now >= next_hb:
+                    if await self._heartbeat():
+                        self.last_ok_mono = now
+                    next_hb = clock.monotonic() + cfg.heartbeat_s
+                    alive = max(self.last_ok_mono, self.last_event_mono)
+                    if reconnecting_since is None and now - alive >= cfg.zombie_after_s:
+                        await self.sup.zombie(self, now - alive)
+                        raise _Ended(f"zombie: no sign of life for {now - alive:.0f}s")
+                if (reconnecting_since is None and self.t.failures
+                        and now - connected_at >= cfg.stable_after_s):
+                    # Reset only after a real stable period, never on a bare "connected".
+                    self.t.failures = 0
+                    await self.set(State.CONNECTED, None)
+                if (reconnecting_since is not None
+                        and now - reconnecting_since >= cfg.reconnect_timeout_s):
+                    raise _Ended(f"library reconnecting for over {cfg.reconnect_timeout_s:g}s")
+                continue
+            if isinstance(ev, m.Connected):
+                if reconnecting_since is not None:
+                    self.sup.reconnects[self.t.id] += 1
+                reconnecting_since = None
+                connected_at = self.last_ok_mono = now
+                await self._connected(ev, reconnect=True)
+            elif isinstance(ev, m.Disconnected):
+                if reconnecting_since is None:
+                    reconnecting_since = now
+                    await self.set(State.RECONNECTING, "connection dropped; library reconnecting")
+            elif isinstance(ev, m.KeepAliveTimeout):
+                self.log.warning("keepalive timeout ({} errors)", ev.error_count)
+            elif isinstance(ev, m.OfflineSyncCompleted):
+                self.log.info("offline sync completed: caught up")
+            elif not isinstance(ev, m.KeepAliveRestored):
+                self._check_end(ev)
+
+    async def _connected(self, ev: m.Connected, reconnect: bool) -> None:
+        changed = (ev.jid and ev.jid != self.t.jid) or (
+            ev.push_name and ev.push_name != self.t.push_name
+        )
+        self.t.jid = ev.jid or self.t.jid
+        self.t.push_name = ev.push_name or self.t.push_name
+        self.t.ban_expires_ms = None
+        if self.t.state is not State.CONNECTED or changed:
+            await self.set(State.CONNECTED, None)
+        if not reconnect:
+            self.log.info("connected as {}", self.t.jid or "?")
+
+    async def _heartbeat(self) -> bool:
+        try:
+            return bool(await self.sup.bounded(self.client.heartbeat(),
+                                               self.sup.cfg.supervisor.heartbeat_s))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.debug("heartbeat failed: {}", e)
+            return False
+
+    async def _pair(self, phone: str | None) -> bool:
+        cfg = self.sup.cfg.supervisor
+        self.pairing = {"qr": None, "code": None, "expires_ms": None}
+        previous = self.t.state
+        await self.set(State.PAIRING, None)
+        try:
+            await self.client.pair(phone)
+            deadline = self.sup.clock.monotonic() + cfg.pair_timeout_s
+            while True:
+                ev = await self.next_event(deadline)
+                if ev is None:
+                    raise _Ended(f"pairing timed out after {cfg.pair_timeout_s:g}s")
+                if isinstance(ev, m.PairSuccess):
+                    self.t.jid, self.t.push_name = ev.jid, ev.push_name
+                    self.t.failures = 0
+                    self.pairing = {"qr": None, "code": None, "expires_ms": None}
+                    self.log.info("paired as {}", ev.jid)
+                    return True
+                if isinstance(ev, m.PairFailed):
+                    raise _Ended(f"pairing failed: {ev.reason}")
+        except _Ended as end:
+            reason = str(end)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.opt(exception=e).error("pairing failed: {}", e)
+            reason = f"pairing failed: {e}"
+        await self._stop_client()
+        self.pairing = {"qr": None, "code": None, "expires_ms": None}
+        back = previous if previous in (State.LOGGED_OUT, State.NEW) else State.NEW
+        await self.set(back, reason)
+        return False
+
+    # ---- events ----
+
+    async def next_event(self, deadline_mono: float) -> m.Event | None:
+        """The next lifecycle event before the deadline, or None. Data events met on the way
+        go to the writer in order; pairing updates are recorded and published."""
+        clock = self.sup.clock
+        while True:
+            while self.events:
+                ev = self.events.popleft()
+                if isinstance(ev, _DATA):
+                    await self.sup.ingest(self.t.id, ev)
+                elif isinstance(ev, m.PairQR | m.PairCode):
+                    await self._pairing_update(ev)
+                else:
+                    return ev
+            remaining = deadline_mono - clock.monotonic()
+            if remaining <= 0:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            sleeper = asyncio.ensure_future(clock.sleep(remaining))
+            try:
+                await asyncio.wait({self._waiter, sleeper},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                self._waiter = None
+
+    async def _idle(self, wait_s: float) -> None:
+        """Wait (still ingesting late data events); lifecycle events of a stopped client are
+        stale and dropped."""
+        deadline = self.sup.clock.monotonic() + max(0.0, wait_s)
+        while await self.next_event(deadline) is not None:
+            pass
+
+    async def _pairing_update(self, ev: m.PairQR | m.PairCode) -> None:
+        if isinstance(ev, m.PairQR):
+            self.pairing = {"qr": ev.code, "code": self.pairing.get("code"),
+                            "expires_ms": ev.expires_ms}
+            etype, data = "pairing.qr", {"qr": ev.code, "expires_ms": ev.expires_ms}
+        else:
+            self.pairing = {"qr": self.pairing.get("qr"), "code": ev.code,
+                            "expires_ms": ev.expires_ms}
+            etype, data = "pairing.code", {"code": ev.code, "expires_ms": ev.expires_ms}
+        self.sup.publish({"type": "pairing", "tenant": self.t.id, "pairing": dict(self.pairing)})
+        if self.sup.subs.wants(self.t.id, etype):
+            await self.sup.writer.put(self.t.id, ("event", etype, data))
+
+    # ---- state ----
+
+    async def set(self, state: State, reason: str | None, alert: str | None = None) -> None:
+        t = self.t
+        if t.state is state and t.last_error == reason:
+            return
+        old = t.state
+        t.state, t.last_error = state, reason
+        t.state_since_ms = self.sup.clock.now_ms()
+        if state is not State.BACKOFF:
+            t.next_attempt_ms = None if state is not State.BANNED else t.ban_expires_ms
+        if old is not state:
+            self.log.info("state {} -> {}{}", old, state, f" ({reason})" if reason else "")
+        await self.sup.persist(self, alert)
+
+    async def park(self, state: State, reason: str) -> None:
+        alert = "alert." + ("zombie" if state is None else state.value)
+        self.log.warning("parked in {}: {} -> {}", state, reason, ACTIONS.get(state, ""))
+        await self.set(state, reason, alert=alert)
+
+    async def _stop_client(self) -> None:
+        try:
+            await self.client.stop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.opt(exception=e).warning("stopping the client failed: {}", e)
+        # Whatever the stopped client said last is stale now.
+        self.events = deque(e for e in self.events if isinstance(e, _DATA))

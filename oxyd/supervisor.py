@@ -1,0 +1,380 @@
+"""The supervisor: one Runner per tenant, restore at start, operator commands, health sweep.
+
+It holds the live Tenant objects (the HTTP layer reads them, never the database, so listing
+1,000 tenants costs no query) and persists every state change with its webhook rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections import Counter
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from oxyd import datadir, outbox
+from oxyd import model as m
+from oxyd.batch import Writer
+from oxyd.clock import Clock
+from oxyd.config import Config
+from oxyd.engine import Engine, NotConnected, OutboundMedia
+from oxyd.model import IDLE, PARKED, State
+from oxyd.ratelimit import TokenBucket
+from oxyd.runner import ACTIONS, Runner
+from oxyd.store import Store
+
+T = TypeVar("T")
+
+
+class TenantError(Exception):
+    """An operator request that cannot be done; `code` is the API error code."""
+
+    def __init__(self, code: str, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class RateLimited(TenantError):
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("rate_limited", "send rate limit reached; retry later", 429)
+        self.retry_after_s = retry_after_s
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        writer: Writer,
+        subs: outbox.Subscriptions,
+        clock: Clock,
+        engines: dict[str, Engine],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.writer = writer
+        self.subs = subs
+        self.clock = clock
+        self.engines = engines
+        self.rng = rng or random.Random()
+        self.runners: dict[str, Runner] = {}
+        from oxyd.backoff import ConnectGate
+
+        self.gate = ConnectGate(cfg.supervisor.connect_concurrency)
+        self.reconnects: Counter[str] = Counter()
+        self.zombies: Counter[str] = Counter()
+        self.listeners: set[asyncio.Queue] = set()
+        self.last_health: dict[str, Any] | None = None
+        self.running = False
+        self.broken: str | None = None
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Restore: every tenant row, plus every tenant folder without a row (adopted)."""
+        rows = {t.id: t for t in await self.store.tenants()}
+        folders = await asyncio.to_thread(datadir.tenant_folders, self.cfg.data_dir)
+        for tid in folders:
+            if tid in rows:
+                continue
+            engine = await asyncio.to_thread(_engine_of_folder, self.cfg.data_dir, tid)
+            t = m.Tenant(id=tid, engine=engine, state=State.NEW,
+                         state_since_ms=self.clock.now_ms(), created_at_ms=self.clock.now_ms())
+            await self.store.add_tenant(t)
+            rows[tid] = t
+            logger.bind(tenant=tid).info("adopted tenant folder without a row ({} engine)", engine)
+        for tid, wh in (await self.store.webhooks()).items():
+            self.subs.set_tenant(tid, wh["events"])
+        for t in rows.values():
+            if t.engine not in self.engines:
+                logger.bind(tenant=t.id).error("unknown engine {!r}; tenant left idle", t.engine)
+                continue
+            runner = Runner(self, t)
+            self.runners[t.id] = runner
+            runner.spawn("restore")
+        self.running = True
+        logger.info("restoring {} tenants ({} parked, {} stopped, {} new)", len(rows),
+                    sum(t.state in PARKED for t in rows.values()),
+                    sum(t.state is State.STOPPED for t in rows.values()),
+                    sum(t.state is State.NEW for t in rows.values()))
+
+    async def stop(self) -> None:
+        """Cancel every tenant task and stop every client, without persisting "stopped": the
+        next start restores each tenant to what it was doing."""
+        self.running = False
+        runners = list(self.runners.values())
+        await asyncio.gather(*(r.cancel() for r in runners))
+        grace_s = self.cfg.supervisor.stop_grace_s
+
+        async def stop_one(r: Runner) -> None:
+            try:
+                await asyncio.wait_for(r.client.stop(), grace_s)
+            except Exception as e:
+                r.log.warning("client did not stop cleanly: {!r}", e)
+            for ev in list(r.events):  # data that arrived before the stop is still stored
+                if isinstance(ev, m.Message | m.Receipt | m.HistorySync | m.Contact):
+                    await self.ingest(r.t.id, ev)
+            r.events.clear()
+
+        await asyncio.gather(*(stop_one(r) for r in runners))
+
+    def runner_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # Runner._life handles every tenant-level error; reaching here is a supervisor bug.
+            self.broken = f"{task.get_name()}: {type(exc).__name__}: {exc}"
+            logger.opt(exception=exc).critical("supervisor bug in {}", task.get_name())
+
+    def on_stored(self, stored_by_tenant: dict[str, int]) -> None:
+        """Writer callback after each commit: keeps live counters without a query."""
+        for tid, n in stored_by_tenant.items():
+            r = self.runners.get(tid)
+            if r is not None:
+                r.t.messages_stored += n
+
+    # ---- shared services for runners ----
+
+    def send_bucket(self) -> TokenBucket:
+        return TokenBucket(self.cfg.send.rate_per_min / 60.0, self.cfg.send.burst, self.clock)
+
+    async def bounded(self, aw: Awaitable[T], timeout_s: float) -> T:
+        """Await with a deadline on our clock (fake in tests); raises TimeoutError."""
+        task = asyncio.ensure_future(aw)
+        sleeper = asyncio.ensure_future(self.clock.sleep(timeout_s))
+        try:
+            await asyncio.wait({task, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        if not task.done():
+            task.cancel()
+            raise TimeoutError
+        return task.result()
+
+    async def ingest(self, tenant_id: str, ev: m.Event) -> None:
+        if isinstance(ev, m.Contact):
+            await self.writer.put(tenant_id, ("contact", ev.jid, ev.push_name))
+        else:
+            await self.writer.put(tenant_id, ev)
+
+    async def persist(self, r: Runner, alert: str | None) -> None:
+        t = r.t
+        data = self.tenant_json(r)
+        rows = outbox.rows(self.subs, t.id, "tenant.state", {**data, "reason": t.last_error},
+                           t.state_since_ms)
+        if alert:
+            rows += outbox.rows(self.subs, t.id, alert, {
+                **data, "reason": t.last_error,
+                "action": ACTIONS.get(t.state, "the client was rebuilt; watch for repeats")},
+                t.state_since_ms)
+        await self.store.save_state(t, rows)
+        self.publish({"type": "state", "tenant": t.id, "data": data})
+
+    async def zombie(self, r: Runner, silent_s: float) -> None:
+        self.zombies[r.t.id] += 1
+        r.log.warning("zombie: connected but no heartbeat or event for {:.0f}s; rebuilding",
+                      silent_s)
+        data = {**self.tenant_json(r), "reason": f"no sign of life for {silent_s:.0f}s",
+                "action": "the client was rebuilt; if it repeats, check the network"}
+        await self.store.append_outbox(
+            outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms()))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in list(self.listeners):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self.listeners.discard(q)  # a listener that does not read is dropped
+
+    # ---- reads ----
+
+    def tenant_json(self, r: Runner) -> dict[str, Any]:
+        r.t.queue_depth = r.queue_depth
+        return r.t.as_json()
+
+    def runner(self, tenant_id: str) -> Runner:
+        r = self.runners.get(tenant_id)
+        if r is None:
+            raise TenantError("tenant_not_found", f"no tenant {tenant_id!r}", 404)
+        return r
+
+    def tenants(self) -> list[dict[str, Any]]:
+        return [self.tenant_json(self.runners[k]) for k in sorted(self.runners)]
+
+    def counts_by_state(self) -> Counter[str]:
+        return Counter(str(r.t.state) for r in self.runners.values())
+
+    # ---- operator commands ----
+
+    async def add(self, tenant_id: str, engine: str) -> dict[str, Any]:
+        if engine not in self.engines:
+            raise TenantError("invalid_engine", f"unknown engine {engine!r}", 400)
+        if tenant_id in self.runners:
+            raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
+        now = self.clock.now_ms()
+        t = m.Tenant(id=tenant_id, engine=engine, state=State.NEW, state_since_ms=now,
+                     created_at_ms=now)
+        if not await self.store.add_tenant(t):
+            raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
+        await asyncio.to_thread(_mkdir_private, datadir.tenant_dir(self.cfg.data_dir, tenant_id))
+        r = Runner(self, t)
+        self.runners[tenant_id] = r
+        logger.bind(tenant=tenant_id).info("tenant added ({} engine)", engine)
+        async with r.lock:
+            if await r.client.is_paired():  # simulator tenants start paired
+                r.spawn("connect")
+        return self.tenant_json(r)
+
+    async def remove(self, tenant_id: str, *, purge: bool) -> None:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            await r.cancel()
+            try:
+                if await r.client.is_paired():
+                    await r.client.logout()
+            except Exception as e:
+                r.log.warning("logout during removal failed: {}", e)
+            await r.client.stop()
+            await r.client.remove()
+            self.runners.pop(tenant_id, None)
+            self.subs.remove_tenant(tenant_id)
+            await self.store.remove_tenant(tenant_id, purge=purge)
+            await asyncio.to_thread(shutil.rmtree,
+                                    datadir.tenant_dir(self.cfg.data_dir, tenant_id), True)
+        r.log.info("tenant removed{}", " and its messages purged" if purge else "")
+        self.publish({"type": "removed", "tenant": tenant_id})
+
+    async def start_tenant(self, tenant_id: str) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            if r.running and r.t.state not in IDLE and r.t.state is not State.BANNED:
+                return self.tenant_json(r)
+            await r.cancel()
+            await self._fresh_start(r)
+        return self.tenant_json(r)
+
+    async def restart_tenant(self, tenant_id: str) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            await r.cancel()
+            await r._stop_client()
+            await self._fresh_start(r)
+        return self.tenant_json(r)
+
+    async def _fresh_start(self, r: Runner) -> None:
+        if not await r.client.is_paired():
+            await r.set(State.NEW, "not paired: pair it first")
+            return
+        r.t.failures = 0
+        r.t.ban_expires_ms = None
+        await r.set(State.CONNECTING, None)
+        r.spawn("connect")
+
+    async def stop_tenant(self, tenant_id: str) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            await r.cancel()
+            await r._stop_client()
+            if r.t.state not in PARKED and r.t.state is not State.NEW:
+                await r.set(State.STOPPED, "stopped by an operator")
+        return self.tenant_json(r)
+
+    async def pair(self, tenant_id: str, phone: str | None) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            if r.t.state is State.PAIRING and r.running:
+                raise TenantError("pairing_in_progress", "pairing is already in progress")
+            if await r.client.is_paired():
+                raise TenantError("already_paired",
+                                  "this tenant is paired; log it out first to pair again")
+            await r.cancel()
+            r.spawn("pair", phone)
+        return self.tenant_json(r)
+
+    def pairing(self, tenant_id: str) -> dict[str, Any]:
+        return dict(self.runner(tenant_id).pairing)
+
+    async def logout(self, tenant_id: str) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        async with r.lock:
+            await r.cancel()
+            try:
+                await r.client.logout()
+            except Exception as e:
+                r.log.warning("logout: {}", e)
+                await r._stop_client()
+            await r.set(State.LOGGED_OUT, "logged out by an operator")
+        return self.tenant_json(r)
+
+    async def send(self, tenant_id: str, to: str, text: str | None,
+                   media: OutboundMedia | None) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        if r.t.state is not State.CONNECTED:
+            raise TenantError("not_connected", f"tenant is {r.t.state}, not connected")
+        wait_s = r.bucket.take()
+        if wait_s > 0:
+            raise RateLimited(wait_s)
+        try:
+            msg = await r.client.send(to, text, media)
+        except NotConnected as e:
+            raise TenantError("not_connected", str(e) or "tenant is not connected") from e
+        await self.writer.put(tenant_id, msg, sent=True)
+        return {"id": msg.wa_id, "chat": msg.chat, "sent_at_ms": msg.sent_at_ms}
+
+    async def simulate(self, tenant_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        r = self.runner(tenant_id)
+        simulate = getattr(r.client, "simulate", None)
+        if simulate is None:
+            raise TenantError("not_simulated", "only simulator tenants can be simulated", 400)
+        return await simulate(action)
+
+    # ---- health ----
+
+    async def health_sweep(self) -> dict[str, Any]:
+        """Counts, and catches what the per-tenant heartbeat cannot: a tenant task that died
+        or hangs while its state says it is working."""
+        cfg = self.cfg.supervisor
+        now = self.clock.monotonic()
+        healthy = reconnected = failed = 0
+        alerts: list[dict[str, Any]] = []
+        for tid, r in list(self.runners.items()):
+            st = r.t.state
+            if st in PARKED:
+                failed += 1
+                alerts.append({"tenant": tid, "state": str(st), "reason": r.t.last_error,
+                               "action": ACTIONS.get(st)})
+                continue
+            if st in IDLE or (st is State.BANNED and r.running):
+                continue
+            alive = max(r.last_ok_mono, r.last_event_mono)
+            stuck = st is State.CONNECTED and now - alive > cfg.zombie_after_s + cfg.heartbeat_s
+            if not r.running or stuck:
+                why = "tenant task not running" if not r.running else "heartbeat stalled"
+                r.log.warning("health sweep: {} while {}; restarting", why, st)
+                alerts.append({"tenant": tid, "state": str(st), "reason": why,
+                               "action": "restarted by the health sweep"})
+                await self.restart_tenant(tid)
+                reconnected += 1
+            elif st is State.CONNECTED:
+                healthy += 1
+        self.last_health = {
+            "checked_at_ms": self.clock.now_ms(), "total": len(self.runners),
+            "healthy": healthy, "reconnected": reconnected, "failed": failed,
+            "by_state": dict(self.counts_by_state()), "alerts": alerts,
+        }
+        return self.last_health
+
+
+def _engine_of_folder(data_dir: Path, tenant_id: str) -> str:
+    folder = datadir.tenant_dir(data_dir, tenant_id)
+    return "simulator" if (folder / "simulator.json").exists() else "neonize"
+
+
+def _mkdir_private(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
