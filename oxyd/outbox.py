@@ -1,16 +1,22 @@
 """Webhook events as outbox rows: who is subscribed to what, and the event body.
 
 The rows are written in the same transaction as the data they describe (see batch.py and
-Store.save_state), so a crash leaves both or neither; webhooks.py delivers them.
+Store.save_state), so a crash leaves both or neither; webhooks.py delivers them through the
+queries at the end of this module.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from oxyd.config import WEBHOOK_EVENTS
+
+if TYPE_CHECKING:
+    # Typing only: store.py imports nothing from here, but keep the import graph one-way.
+    from oxyd.store import Store
 
 ALERTS = tuple(e for e in WEBHOOK_EVENTS if e.startswith("alert."))
 GLOBAL = "global"
@@ -69,3 +75,180 @@ def rows(
     event_id = uuid.uuid4().hex
     text = body(event_id, event_type, tenant_id, at_ms, data)
     return [(event_id, d, tenant_id, event_type, text, at_ms) for d in dests]
+
+
+# ---- the outbox table: what the dispatcher reads and writes ----
+#
+# A row is 'pending' until delivered ('delivered', pruned after the retention period) or given
+# up on ('dead', kept until replayed or its tenant is removed). Writes go through store.tx()
+# so they never interleave with the writer's batch; reads use store.ro, which sees every commit
+# (WAL) without waiting behind a batch.
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+
+def destination_tenant(destination: str) -> str | None:
+    """The tenant of a 't:<tenant>' destination; None for the global one."""
+    return destination[2:] if destination.startswith("t:") else None
+
+
+def destination_of(tenant_id: str | None) -> str:
+    return GLOBAL if tenant_id is None else tenant_destination(tenant_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    event_id: str
+    destination: str
+    tenant: str | None
+    type: str
+    body: str
+    created_at_ms: int
+    attempts: int
+    next_attempt_ms: int
+
+
+_ROW_COLS = (
+    "id, event_id, destination, tenant, type, body, created_at_ms, attempts, next_attempt_ms"
+)
+
+
+async def pending_destinations(store: Store) -> list[str]:
+    async with store.ro.execute(
+        "SELECT DISTINCT destination FROM outbox WHERE status='pending'"
+    ) as cur:
+        return [r[0] for r in await cur.fetchall()]
+
+
+async def head(store: Store, destination: str, limit: int) -> list[Row]:
+    """The oldest pending rows of one destination, in creation order. Delivery is strictly
+    in this order, so only the first row's next_attempt_ms decides when to send."""
+    async with store.ro.execute(
+        f"SELECT {_ROW_COLS} FROM outbox WHERE status='pending' AND destination=?"
+        " ORDER BY id LIMIT ?",
+        (destination, limit),
+    ) as cur:
+        return [Row(*r) for r in await cur.fetchall()]
+
+
+async def mark_delivered(store: Store, ids: list[int], now_ms: int) -> None:
+    if not ids:
+        return
+    async with store.tx() as db:
+        await db.executemany(
+            "UPDATE outbox SET status='delivered', attempts=attempts+1, last_error=NULL,"
+            " done_at_ms=? WHERE id=? AND status='pending'",
+            [(now_ms, i) for i in ids],
+        )
+
+
+async def mark_retry(
+    store: Store, row_id: int, attempts: int, next_attempt_ms: int, error: str
+) -> None:
+    async with store.tx() as db:
+        await db.execute(
+            "UPDATE outbox SET attempts=?, next_attempt_ms=?, last_error=?"
+            " WHERE id=? AND status='pending'",
+            (attempts, next_attempt_ms, error, row_id),
+        )
+
+
+async def mark_dead(store: Store, row_id: int, attempts: int, error: str, now_ms: int) -> None:
+    async with store.tx() as db:
+        await db.execute(
+            "UPDATE outbox SET status='dead', attempts=?, last_error=?, done_at_ms=?"
+            " WHERE id=? AND status='pending'",
+            (attempts, error, now_ms, row_id),
+        )
+
+
+async def kill_pending(
+    store: Store, destination: str, error: str, now_ms: int, *, created_before_ms: int | None = None
+) -> int:
+    """Every pending row of a destination (or only those created before a time) -> dead."""
+    sql = (
+        "UPDATE outbox SET status='dead', last_error=?, done_at_ms=?"
+        " WHERE status='pending' AND destination=?"
+    )
+    args: list[Any] = [error, now_ms, destination]
+    if created_before_ms is not None:
+        sql += " AND created_at_ms < ?"
+        args.append(created_before_ms)
+    async with store.tx() as db:
+        cur = await db.execute(sql, args)
+        return cur.rowcount
+
+
+async def retry_now(store: Store, destination: str, now_ms: int) -> int:
+    """Pending rows of a destination become due now (their attempt counts stay)."""
+    async with store.tx() as db:
+        cur = await db.execute(
+            "UPDATE outbox SET next_attempt_ms=? WHERE status='pending' AND destination=?"
+            " AND next_attempt_ms > ?",
+            (now_ms, destination, now_ms),
+        )
+        return cur.rowcount
+
+
+async def dead(store: Store, destination: str, limit: int) -> list[dict[str, Any]]:
+    """Newest first; `event` is the payload exactly as it would be delivered."""
+    async with store.ro.execute(
+        "SELECT event_id, type, created_at_ms, attempts, last_error, done_at_ms, body"
+        " FROM outbox WHERE status='dead' AND destination=? ORDER BY id DESC LIMIT ?",
+        (destination, limit),
+    ) as cur:
+        return [
+            {
+                "id": r[0],
+                "type": r[1],
+                "created_at_ms": r[2],
+                "attempts": r[3],
+                "last_error": r[4],
+                "dead_at_ms": r[5],
+                "event": json.loads(r[6]),
+            }
+            for r in await cur.fetchall()
+        ]
+
+
+async def replay(store: Store, destination: str, now_ms: int) -> int:
+    """Dead -> pending with a fresh attempt budget. Rows keep their id, so replayed events go
+    out before newer pending ones, in their original order."""
+    async with store.tx() as db:
+        cur = await db.execute(
+            "UPDATE outbox SET status='pending', attempts=0, next_attempt_ms=?,"
+            " last_error=NULL, done_at_ms=NULL WHERE status='dead' AND destination=?",
+            (now_ms, destination),
+        )
+        return cur.rowcount
+
+
+async def prune(store: Store, before_ms: int, batch: int = 5000) -> int:
+    """Delete delivered rows finished before `before_ms`, in small transactions so the
+    writer is never held up for long. Pending and dead rows are never pruned."""
+    total = 0
+    while True:
+        async with store.tx() as db:
+            cur = await db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE status='delivered' AND done_at_ms < ? LIMIT ?)",
+                (before_ms, batch),
+            )
+            n = cur.rowcount
+        total += n
+        if n < batch:
+            return total
+
+
+async def counts(store: Store) -> dict[str, int]:
+    out = {PENDING: 0, DELIVERED: 0, DEAD: 0}
+    async with store.ro.execute("SELECT status, count(*) FROM outbox GROUP BY status") as cur:
+        for status, n in await cur.fetchall():
+            out[status] = n
+    return out
+
+
+async def pending_count(store: Store) -> int:
+    async with store.ro.execute("SELECT count(*) FROM outbox WHERE status='pending'") as cur:
+        return (await cur.fetchone())[0]
