@@ -1,0 +1,516 @@
+"""GET /v1/openapi.json: the OpenAPI 3.1 description of the control port.
+
+Built from small helpers so each operation reads like a row of design §6. It is open (no
+token): it describes the API, holds no data, and tools read it before they have a token.
+tests/test_openapi.py fails when a route of the router is missing here, and a schemathesis run
+against a live server checks that answers match it. Constraints are only stated where the
+server enforces exactly them: a looser schema is still true, a stricter one would not be.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from oxyd import __version__
+from oxyd.config import WEBHOOK_EVENTS
+from oxyd.model import ENGINES, State
+
+table = web.RouteTableDef()
+
+TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
+TO_PATTERN = (
+    r"^(\+?[0-9]{6,15}|[0-9A-Za-z._:-]{1,64}@(s\.whatsapp\.net|g\.us|lid|broadcast|newsletter))$"
+)
+SIM_ACTIONS = (
+    "message",
+    "receipt",
+    "disconnect",
+    "fail_connects",
+    "stall",
+    "logout",
+    "replace",
+    "ban",
+    "outdated",
+    "history",
+)
+
+ERROR_TEXT = {
+    400: "Malformed input (the message names the field)",
+    401: "No token or an invalid token",
+    403: "The route needs the admin token",
+    404: "No such tenant (or not visible to this token)",
+    409: "Conflict with the tenant's state",
+    413: "Body too large",
+    429: "Send rate limit reached; see Retry-After",
+    503: "Not available right now",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(tp: str) -> dict[str, Any]:
+    return {"type": [tp, "null"]}
+
+
+def _obj(props: dict[str, Any], required: tuple[str, ...] = (), closed: bool = False) -> dict:
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
+MS = _nullable("integer")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({"code": STR, "message": STR}, ("code", "message"))}, ("error",)),
+    "Tenant": _obj(
+        {
+            "id": {"type": "string", "pattern": TENANT_ID_PATTERN},
+            "engine": {"type": "string", "enum": list(ENGINES)},
+            "state": {"type": "string", "enum": [str(s) for s in State]},
+            "jid": _nullable("string"),
+            "push_name": _nullable("string"),
+            "state_since_ms": INT,
+            "last_error": _nullable("string"),
+            "failures": INT,
+            "next_attempt_ms": MS,
+            "last_event_ms": MS,
+            "messages_stored": INT,
+            "queue_depth": INT,
+        },
+        (
+            "id",
+            "engine",
+            "state",
+            "jid",
+            "push_name",
+            "state_since_ms",
+            "last_error",
+            "failures",
+            "next_attempt_ms",
+            "last_event_ms",
+            "messages_stored",
+            "queue_depth",
+        ),
+    ),
+    "Message": _obj(
+        {
+            "id": STR,
+            "chat": STR,
+            "sender": STR,
+            "from_me": BOOL,
+            "sent_at_ms": INT,
+            "kind": STR,
+            "text": _nullable("string"),
+            "push_name": _nullable("string"),
+            "status": _nullable("string"),
+            "delivered_at_ms": MS,
+            "read_at_ms": MS,
+            "played_at_ms": MS,
+            "media": _nullable("object"),
+            "chat_alt": _nullable("string"),
+            "sender_alt": _nullable("string"),
+            "ref_id": _nullable("string"),
+        },
+        (
+            "id",
+            "chat",
+            "sender",
+            "from_me",
+            "sent_at_ms",
+            "kind",
+            "text",
+            "push_name",
+            "status",
+            "delivered_at_ms",
+            "read_at_ms",
+        ),
+    ),
+    "Chat": _obj(
+        {
+            "jid": STR,
+            "name": _nullable("string"),
+            "last_message_ms": MS,
+            "unread_count": INT,
+            "message_count": INT,
+        },
+        ("jid", "name", "last_message_ms", "unread_count", "message_count"),
+    ),
+    "WebhookIn": _obj(
+        {
+            "url": {"type": "string", "maxLength": 2048},
+            "secret": {"type": "string", "minLength": 1, "maxLength": 512},
+            "events": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+            },
+        },
+        ("url", "secret"),
+        closed=True,
+    ),
+    "WebhookOut": _obj(
+        {"url": STR, "secret": {"const": "***"}, "events": {"type": ["array", "null"]}},
+        ("url", "secret", "events"),
+    ),
+    "Media": _obj(
+        {
+            "type": {"type": "string", "enum": ["image", "video", "audio", "document"]},
+            "data_b64": {"type": "string", "description": "the file, base64"},
+            "caption": _nullable("string"),
+            "filename": _nullable("string"),
+            "mime": _nullable("string"),
+        },
+        ("type", "data_b64"),
+        closed=True,
+    ),
+}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        resp = _json(_ref("Error"), ERROR_TEXT[status])
+        if status == 429:
+            resp["headers"] = {"Retry-After": {"schema": INT, "description": "seconds to wait"}}
+        out[str(status)] = resp
+    return out
+
+
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "default 100")
+CURSOR = _query("cursor", STR, "next_cursor of the previous page")
+
+
+def _op(
+    summary: str,
+    ok_status: int,
+    ok: dict[str, Any],
+    errors: tuple[int, ...],
+    *,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    tenant: bool = True,
+    open_: bool = False,
+    admin: bool = False,
+    reads_body: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary + (" (admin token only)" if admin else "")}
+    all_params = ([ID_PARAM] if tenant else []) + (params or [])
+    if all_params:
+        op["parameters"] = all_params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    statuses = set(errors)
+    if not open_:
+        statuses.add(401)
+    if admin:
+        statuses.add(403)
+    if tenant:
+        statuses |= {400, 404}
+    if body is not None or reads_body:  # bodies are parsed: malformed 400, oversized 413
+        statuses |= {400, 413}
+    op["responses"] = {str(ok_status): ok, **_errors(*sorted(statuses))}
+    if open_:
+        op["security"] = []
+    return op
+
+
+TENANT_OK = _json(_ref("Tenant"), "The tenant object")
+READY = _json(_obj({"status": STR, "checks": {"type": "object"}}, ("status", "checks")))
+
+
+def paths() -> dict[str, Any]:
+    tenant_action = {"post": _op("Tenant action", 202, TENANT_OK, (409,), reads_body=True)}
+    return {
+        "/healthz": {
+            "get": _op(
+                "Liveness",
+                200,
+                _json(_obj({"status": {"const": "ok"}})),
+                (),
+                tenant=False,
+                open_=True,
+            )
+        },
+        "/readyz": {
+            "get": {
+                **_op("Readiness", 200, READY, (), tenant=False, open_=True),
+                "responses": {"200": READY, "503": {**READY, "description": "Not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                200,
+                {"description": "Prometheus text", "content": {"text/plain": {"schema": STR}}},
+                (),
+                tenant=False,
+                admin=True,
+            )
+        },
+        "/v1/openapi.json": {
+            "get": _op(
+                "This document", 200, _json({"type": "object"}), (), tenant=False, open_=True
+            )
+        },
+        "/v1/tenants": {
+            "get": _op(
+                "List tenants (a tenant token sees its own)",
+                200,
+                _json(_obj({"tenants": {"type": "array", "items": _ref("Tenant")}}, ("tenants",))),
+                (),
+                tenant=False,
+            ),
+            "post": _op(
+                "Add a tenant",
+                201,
+                TENANT_OK,
+                (409,),
+                tenant=False,
+                admin=True,
+                body=_obj(
+                    {
+                        "id": {"type": "string", "pattern": TENANT_ID_PATTERN},
+                        "engine": {"type": ["string", "null"], "enum": [*ENGINES, None]},
+                        "webhook": {"anyOf": [_ref("WebhookIn"), {"type": "null"}]},
+                    },
+                    ("id",),
+                    closed=True,
+                ),
+            ),
+        },
+        "/v1/tenants/{id}": {
+            "get": _op("Get a tenant", 200, TENANT_OK, ()),
+            "delete": _op(
+                "Remove a tenant: log out, delete its device store",
+                200,
+                _json(_obj({"id": STR, "removed": BOOL, "purged": BOOL})),
+                (409,),
+                admin=True,
+                params=[
+                    _query(
+                        "purge",
+                        {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        "also delete its messages",
+                    )
+                ],
+            ),
+        },
+        "/v1/tenants/{id}/start": tenant_action,
+        "/v1/tenants/{id}/stop": tenant_action,
+        "/v1/tenants/{id}/restart": tenant_action,
+        "/v1/tenants/{id}/logout": tenant_action,
+        "/v1/tenants/{id}/pair": {
+            "post": _op(
+                "Start pairing; then GET .../pairing",
+                202,
+                TENANT_OK,
+                (409,),
+                body=_obj({"phone": _nullable("string")}, closed=True),
+            )
+        },
+        "/v1/tenants/{id}/pairing": {
+            "get": _op(
+                "The current QR payload or phone code",
+                200,
+                {
+                    "description": "JSON, or the QR as PNG with Accept: image/png",
+                    "content": {
+                        "application/json": {
+                            "schema": _obj(
+                                {
+                                    "qr": _nullable("string"),
+                                    "code": _nullable("string"),
+                                    "expires_ms": MS,
+                                },
+                                ("qr", "code", "expires_ms"),
+                            )
+                        },
+                        "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                (),
+            )
+        },
+        "/v1/tenants/{id}/messages": {
+            "post": _op(
+                "Send a text (or media)",
+                202,
+                _json(_obj({"id": STR, "chat": STR, "sent_at_ms": INT}, ("id",))),
+                (409, 429),
+                body=_obj(
+                    {
+                        "to": {"type": "string", "pattern": TO_PATTERN},
+                        "text": {"type": ["string", "null"], "maxLength": 65536},
+                        "media": {"anyOf": [_ref("Media"), {"type": "null"}]},
+                    },
+                    ("to",),
+                    closed=True,
+                ),
+            ),
+            "get": _op(
+                "Messages, newest first",
+                200,
+                _json(
+                    _obj(
+                        {
+                            "messages": {"type": "array", "items": _ref("Message")},
+                            "next_cursor": _nullable("string"),
+                        },
+                        ("messages", "next_cursor"),
+                    )
+                ),
+                (),
+                params=[_query("chat", STR, "a chat JID; all chats if absent"), LIMIT, CURSOR],
+            ),
+        },
+        "/v1/tenants/{id}/chats": {
+            "get": _op(
+                "Chats, most recent first",
+                200,
+                _json(
+                    _obj(
+                        {
+                            "chats": {"type": "array", "items": _ref("Chat")},
+                            "next_cursor": _nullable("string"),
+                        },
+                        ("chats", "next_cursor"),
+                    )
+                ),
+                (),
+                params=[LIMIT, CURSOR],
+            )
+        },
+        "/v1/tenants/{id}/tokens": {
+            "post": _op(
+                "Create a tenant token (shown once)",
+                201,
+                _json(_obj({"token": STR, "tenant": STR}, ("token",))),
+                (),
+                admin=True,
+                reads_body=True,
+            ),
+            "delete": _op(
+                "Revoke all of the tenant's tokens",
+                200,
+                _json(_obj({"revoked": INT}, ("revoked",))),
+                (),
+                admin=True,
+            ),
+        },
+        "/v1/tenants/{id}/webhook": {
+            "put": _op(
+                "Set the tenant's webhook",
+                200,
+                _json(_ref("WebhookOut")),
+                (),
+                body=_ref("WebhookIn"),
+            ),
+            "get": _op("The tenant's webhook (secret masked)", 200, _json(_ref("WebhookOut")), ()),
+            "delete": _op(
+                "Remove the tenant's webhook", 200, _json(_obj({"deleted": BOOL}, ("deleted",))), ()
+            ),
+        },
+        "/v1/tenants/{id}/webhook/dead": {
+            "get": _op(
+                "Dead webhook events, newest first",
+                200,
+                _json(
+                    _obj({"events": {"type": "array", "items": {"type": "object"}}}, ("events",))
+                ),
+                (503,),
+                params=[LIMIT],
+            ),
+        },
+        "/v1/tenants/{id}/webhook/replay": {
+            "post": _op(
+                "Queue every dead event again",
+                202,
+                _json(_obj({"replayed": INT}, ("replayed",))),
+                (503,),
+                reads_body=True,
+            ),
+        },
+        "/v1/health": {
+            "get": _op(
+                "The last health sweep",
+                200,
+                _json(
+                    _obj(
+                        {
+                            "checked_at_ms": INT,
+                            "total": INT,
+                            "healthy": INT,
+                            "reconnected": INT,
+                            "failed": INT,
+                            "alerts": {"type": "array", "items": {"type": "object"}},
+                        },
+                        ("checked_at_ms", "total", "healthy", "reconnected", "failed", "alerts"),
+                    )
+                ),
+                (),
+                tenant=False,
+                admin=True,
+            )
+        },
+        "/v1/tenants/{id}/simulate": {
+            "post": _op(
+                "Simulator tenants: drive the simulated phone (design §7)",
+                202,
+                _json(_obj({"ok": {"const": True}}, ("ok",))),
+                (409,),
+                body=_obj({"action": {"type": "string", "enum": list(SIM_ACTIONS)}}, ("action",)),
+            )
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "oxyd control port",
+            "version": __version__,
+            "description": "Many WhatsApp sessions, one daemon. Errors are always "
+            '{"error": {"code", "message"}}. Authorization: Bearer <admin or tenant token>.',
+        },
+        "paths": paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+@table.get("/v1/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())
