@@ -139,6 +139,9 @@ class NeonizeClient:
         """The tenant's one NewAClient, created on first use with every handler registered
         (Go only forwards event codes subscribed before connect). Tests feed events into it."""
         if self._nc is None:
+            from oxyd.neonize_engine import import_neonize
+
+            import_neonize()
             from neonize.aioze import events as nev
             from neonize.aioze.client import NewAClient
 

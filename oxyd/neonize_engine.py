@@ -27,10 +27,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import os
 import pathlib
+import subprocess
 import sys
+import time
+import warnings
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -169,6 +173,7 @@ class NeonizeEngine:
         if self._loop is loop:
             return
         self._loop = loop
+        import_neonize()
         quiet_neonize_logs()
         self._executor = ThreadPoolExecutor(
             max_workers=2 * self.max_tenants + 16, thread_name_prefix="oxyd-neonize"
@@ -214,6 +219,25 @@ class NeonizeEngine:
         if clean and self._executor is not None:
             self._executor.shutdown(wait=False)
         return clean
+
+
+def import_neonize() -> None:
+    """Import neonize once, quietly: its import leaks an `os.popen("uname -a")` pipe whose
+    ResourceWarning would otherwise surface at a random later GC (an error under pytest)."""
+    if "neonize.aioze.client" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        import neonize.aioze.client  # noqa: F401
+
+        # The unwaited popen sits in subprocess' cleanup list until the next Popen: reap it
+        # now, under this filter, instead of inside whoever spawns the next process.
+        for _ in range(100):
+            getattr(subprocess, "_cleanup", lambda: None)()
+            if not getattr(subprocess, "_active", None):
+                break
+            time.sleep(0.01)
+        gc.collect()
 
 
 def quiet_neonize_logs() -> None:

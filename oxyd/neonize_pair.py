@@ -93,6 +93,9 @@ class PairingRun:
             outcome = outcome or PairFailed(reason="timeout")
         finally:
             await self._kill()
+            # Read both pipes to EOF so their transports close now, not at GC time.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(self.proc.stdout.read(), drain), 2.0)
             drain.cancel()
         if outcome is None:
             tail = self._stderr_tail[-1] if self._stderr_tail else ""

@@ -1,0 +1,365 @@
+"""The neonize engine with real neonize objects: real dispatch from a foreign thread, real
+connect attempts failing offline, the gate, shutdown with a stuck connect, pairing child."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from oxyd import model
+from oxyd.engine import Client, Engine, EngineError, NotConnected
+from oxyd.neonize_engine import Gate, NeonizeEngine, import_neonize, read_device
+
+import_neonize()  # before anything else touches neonize (see its docstring)
+npb = pytest.importorskip("neonize.proto.Neonize_pb2")
+e2e = pytest.importorskip("neonize.proto.waE2E.WAWebProtobufsE2E_pb2")
+
+ANN = "4915111111111@s.whatsapp.net"
+
+
+@pytest.fixture(autouse=True)
+def neonize_loop_reset():
+    """neonize keeps ONE process-wide event loop (the first that connected): reset it."""
+    from neonize.aioze import events
+
+    events.event_global_loop = None
+    yield
+    events.event_global_loop = None
+
+
+@pytest.fixture
+def tid():
+    # Unique per test: a NewAClient GC'd later runs Stop(uuid), which must hit nothing live.
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def no_paired_check() -> bool:
+    # An empty store lets whatsmeow try a real dial (which fails offline before any QR).
+    return True
+
+
+def make_store(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE whatsmeow_device (jid TEXT PRIMARY KEY, push_name TEXT)")
+    con.executemany("INSERT INTO whatsmeow_device VALUES (?, ?)", rows)
+    con.commit()
+    con.close()
+
+
+def jid(text):
+    user, server = text.split("@")
+    return npb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0)
+
+
+async def test_protocols_and_is_paired_reads_the_store(tmp_path, tid):
+    engine = NeonizeEngine(tmp_path)
+    client = engine.client(tid, lambda ev: None)
+    assert isinstance(engine, Engine) and isinstance(client, Client)
+    assert engine.client(tid, lambda ev: None) is client  # one client per tenant
+    assert not await client.is_paired()  # no file
+    client.store_path.parent.mkdir(parents=True)
+    client.store_path.write_bytes(b"")
+    assert not await client.is_paired()  # no table
+    client.store_path.unlink()
+    make_store(client.store_path, [])
+    assert not await client.is_paired()  # empty table
+    client.store_path.unlink()
+    make_store(client.store_path, [("4915222:12@s.whatsapp.net", "Ann")])
+    assert await client.is_paired()
+    assert await client.device() == ("4915222@s.whatsapp.net", "Ann")
+    await client.remove()
+    assert not client.store_path.exists() and not client.store_dir.exists()
+    assert await engine.close()
+
+
+def feed(nc, events, done: threading.Event):
+    from neonize.events import EVENT_TO_INT
+
+    for ev in events:
+        data = ev.SerializePartialToString()
+        buf = ctypes.create_string_buffer(data, len(data))
+        nc.event.execute(nc.uuid, ctypes.addressof(buf), len(data), EVENT_TO_INT[type(ev)])
+    done.set()
+
+
+def message(i: int):
+    src = npb.MessageSource(Chat=jid(ANN), Sender=jid(ANN), IsFromMe=False, IsGroup=False)
+    info = npb.MessageInfo(ID=f"M{i:05d}", Timestamp=1_700_000_000_000 + i, MessageSource=src)
+    return npb.Message(Info=info, Message=e2e.Message(conversation=f"n{i}"))
+
+
+async def test_dispatch_from_foreign_thread_keeps_order(tmp_path, tid):
+    got: list[model.Event] = []
+    engine = NeonizeEngine(tmp_path)
+    await engine.start()
+    client = engine.client(tid, got.append)
+    nc = client.native()
+    n = 10_000
+    evs = [message(i) for i in range(n)]
+    evs[5000] = npb.Receipt(
+        MessageSource=npb.MessageSource(
+            Chat=jid(ANN), Sender=jid(ANN), IsFromMe=False, IsGroup=False
+        ),
+        MessageIDs=["M00001"],
+        Timestamp=1_700_000_001,
+        Type=4,
+    )
+    evs[7000] = npb.KeepAliveTimeout(ErrorCount=1, LastSuccess=0)
+    done = threading.Event()
+    t0 = time.monotonic()
+    threading.Thread(target=feed, args=(nc, evs, done), daemon=True).start()
+    await until(lambda: len(got) == n, 60, "all events")
+    rate = n / (time.monotonic() - t0)
+    assert done.is_set()
+    assert isinstance(got[5000], model.Receipt) and got[5000].type == "read"
+    assert isinstance(got[7000], model.KeepAliveTimeout)
+    ids = [e.wa_id for e in got if isinstance(e, model.Message)]
+    assert ids == [f"M{i:05d}" for i in range(n) if i not in (5000, 7000)]
+    assert rate > 500, rate
+    assert await engine.close()
+
+
+async def test_offline_connect_reports_client_dead(tmp_path, tid):
+    got: list[model.Event] = []
+    engine = NeonizeEngine(tmp_path)
+    client = engine.client(tid, got.append)
+    with pytest.raises(EngineError, match="not paired"):
+        await client.connect()  # never a QR login inside the daemon
+    client.is_paired = no_paired_check
+    t0 = time.monotonic()
+    await client.connect()
+    await until(lambda: any(isinstance(e, model.ClientDead) for e in got), 10, "ClientDead")
+    assert time.monotonic() - t0 < 5
+    dead = next(e for e in got if isinstance(e, model.ClientDead))
+    assert "dial" in dead.error or "NeonizeError" in dead.error
+    assert not await client.heartbeat()
+    with pytest.raises(NotConnected):
+        await client.send("4915111111111", "hi", None)
+    # The real whatsmeow schema now exists and holds no device.
+    assert client.store_path.exists() and read_device(client.store_path) is None
+    await client.stop()
+    assert await engine.close()
+
+
+async def test_send_validates_before_touching_neonize(tmp_path, tid):
+    client = NeonizeEngine(tmp_path).client(tid, lambda ev: None)
+    with pytest.raises(EngineError, match="recipient"):
+        await client.send("+49 151", "hi", None)
+    with pytest.raises(EngineError, match="recipient"):
+        await client.send("../etc/passwd", "hi", None)
+    with pytest.raises(NotConnected):
+        await client.send("120363000000000001@g.us", "hi", None)
+
+
+async def cycle(client, got, cycles: int):
+    for _ in range(cycles):
+        before = len([e for e in got if isinstance(e, model.ClientDead)])
+        await client.connect()
+        await until(
+            lambda b=before: len([e for e in got if isinstance(e, model.ClientDead)]) > b,
+            15,
+            "dead",
+        )
+        await client.heartbeat()
+        await client.stop()
+
+
+@pytest.mark.parametrize(
+    "cycles", [pytest.param(3, id="3"), pytest.param(50, id="50", marks=pytest.mark.slow)]
+)
+async def test_many_clients_start_and_stop_through_the_gate(tmp_path, tid, cycles):
+    engine = NeonizeEngine(tmp_path, max_tenants=20)
+    # This sandbox's DNS sometimes drops a query (Go then waits 5 s): hold the gate for the
+    # start of the dial only, as a real server answers within that.
+    engine.connect_hold_s = 0.3
+    sinks: dict[str, list] = {}
+    clients = []
+    for i in range(20):
+        got: list = []
+        c = engine.client(f"{tid}-{i}", got.append)
+        c.is_paired = no_paired_check
+        sinks[c.tenant_id] = got
+        clients.append((c, got))
+    await asyncio.gather(*(cycle(c, got, cycles) for c, got in clients))
+    assert all(not c.running for c, _ in clients)
+    assert await engine.close()
+
+
+async def test_executor_sized_for_tenants_keeps_loop_responsive(tmp_path, tid):
+    engine = NeonizeEngine(tmp_path, max_tenants=30)
+    engine.connect_hold_s = 0.05
+    release = threading.Event()
+
+    async def pinned_session(nc):
+        # A live session pins one executor thread for its whole life.
+        return asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+
+    clients = []
+    for i in range(30):
+        c = engine.client(f"{tid}-{i}", lambda ev: None)
+        c.is_paired = no_paired_check
+        c._start_session = pinned_session
+        clients.append(c)
+    lags: list[float] = []
+
+    async def probe():
+        while not release.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - t - 0.01)
+
+    prober = asyncio.ensure_future(probe())
+    try:
+        await asyncio.gather(*(c.connect() for c in clients))
+        assert all(c.running for c in clients)
+        # 30 pinned threads, and threaded work still runs (default pool: 6 threads).
+        t0 = time.monotonic()
+        assert not await asyncio.wait_for(clients[0].is_paired(), 2) or True
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 2) == 42
+        assert time.monotonic() - t0 < 1
+        # 30 more real offline connects on other tenants while the 30 sessions run.
+        got: list = []
+        real = [engine.client(f"{tid}-r{i}", got.append) for i in range(30)]
+        for c in real:
+            c.is_paired = no_paired_check
+        await asyncio.gather(*(c.connect() for c in real))
+        await until(lambda: len(got) >= 30, 15, "30 offline failures")
+    finally:
+        release.set()
+        await prober
+    assert max(lags) < 0.25, max(lags)
+    assert await engine.close()
+
+
+async def test_close_returns_within_grace_with_a_stuck_connect(tmp_path, tid):
+    got: list = []
+    engine = NeonizeEngine(tmp_path, stop_grace_s=0.5)
+    engine.connect_hold_s = 0.05
+    client = engine.client(tid, got.append)
+    client.is_paired = no_paired_check
+    release = threading.Event()
+
+    async def never_returns(nc):
+        # Like a dial to a server that never answers: Go's Neonize() blocks its thread.
+        return asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+
+    client._start_session = never_returns
+    try:
+        await client.connect()
+        t0 = time.monotonic()
+        clean = await engine.close()
+        elapsed = time.monotonic() - t0
+        assert not clean and engine.stuck()
+        assert elapsed < 0.5 + 0.4, elapsed
+        assert not any(isinstance(e, model.ClientDead) for e in got)  # we stopped it
+    finally:
+        release.set()
+    await until(lambda: not engine.stuck(), 5, "thread released")
+
+
+PAIR_SCRIPT = """
+import json, sys, time
+phone = sys.argv[3] if len(sys.argv) > 3 else None
+def say(**o): print(json.dumps(o), flush=True)
+say(event="qr", code="2@first", timeout_s=60)
+if phone: say(event="code", code="ABCD-EFGH")
+say(event="qr", code="2@second", timeout_s=20)
+if sys.argv[1].endswith("ok.sqlite3"): say(event="success", jid="4915@s.whatsapp.net"); sys.exit(0)
+time.sleep(60)
+"""
+
+
+async def test_pairing_child_events_and_timeout(tmp_path, tid):
+    got: list = []
+    engine = NeonizeEngine(tmp_path, pair_timeout_s=1.0)
+    engine.pair_argv = [sys.executable, "-c", PAIR_SCRIPT]
+    client = engine.client(tid, got.append)
+    with pytest.raises(EngineError, match="phone"):
+        await client.pair("not-a-phone")
+    t0 = time.monotonic()
+    await client.pair("+49 151 2345678")
+    await until(lambda: any(isinstance(e, model.PairFailed) for e in got), 5, "PairFailed")
+    assert time.monotonic() - t0 < 3
+    kinds = [type(e).__name__ for e in got]
+    assert kinds == ["PairQR", "PairCode", "PairQR", "PairFailed"], kinds
+    assert got[0].code == "2@first" and got[1].code == "ABCD-EFGH"
+    assert got[-1].reason == "timeout"
+    assert client._pairing.proc.returncode is not None  # the child was killed
+
+
+async def test_pairing_success_and_real_child_offline(tmp_path, tid):
+    got: list = []
+    engine = NeonizeEngine(tmp_path, pair_timeout_s=30)
+    engine.pair_argv = [sys.executable, "-c", PAIR_SCRIPT]
+    client = engine.client(tid, got.append)
+    client.store_path = client.store_dir / "ok.sqlite3"
+    await client.pair(None)
+    await until(lambda: any(isinstance(e, model.PairSuccess) for e in got), 10, "success")
+    assert got[-1] == model.PairSuccess(jid="4915@s.whatsapp.net")
+
+    real: list = []
+    engine2 = NeonizeEngine(tmp_path, pair_timeout_s=60)
+    other = engine2.client(f"{tid}-real", real.append)
+    await other.pair(None)  # the real child: whatsmeow cannot dial offline
+    await until(lambda: any(isinstance(e, model.PairFailed) for e in real), 30, "real failure")
+    assert "dial" in real[-1].reason
+
+
+async def test_logout_without_session_clears_the_store(tmp_path, tid):
+    engine = NeonizeEngine(tmp_path)
+    client = engine.client(tid, lambda ev: None)
+    make_store(client.store_path, [("4915:1@s.whatsapp.net", None)])
+    (client.store_dir / "whatsmeow.sqlite3-wal").write_bytes(b"")
+    assert await client.is_paired()
+    await client.logout()
+    assert not await client.is_paired() and not client.store_dir.exists()
+
+
+async def test_gate_is_exclusive_fair_and_survives_cancellation():
+    gate = Gate()
+    order: list[str] = []
+
+    async def shared(name, hold_s=0.02):
+        async with gate.shared():
+            order.append(f"+{name}")
+            await asyncio.sleep(hold_s)
+            order.append(f"-{name}")
+
+    async def exclusive(name):
+        async with gate.exclusive():
+            order.append(f"+{name}")
+            await asyncio.sleep(0.02)
+            order.append(f"-{name}")
+
+    r1 = asyncio.ensure_future(shared("r1"))
+    await asyncio.sleep(0)
+    w = asyncio.ensure_future(exclusive("w"))
+    await asyncio.sleep(0)
+    r2 = asyncio.ensure_future(shared("r2"))  # queued behind the writer
+    await asyncio.gather(r1, w, r2)
+    assert order == ["+r1", "-r1", "+w", "-w", "+r2", "-r2"]
+
+    async with gate.exclusive():
+        waiter = asyncio.ensure_future(shared("cancelled"))
+        await asyncio.sleep(0)
+        waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not gate.busy
+    await asyncio.wait_for(exclusive("after"), 1)
