@@ -362,23 +362,30 @@ def _members(tar: tarfile.TarFile):
         yield m.name, m
 
 
-def _tar_reader(reader: _OpenReader) -> tarfile.TarFile:
-    return tarfile.open(fileobj=gzip.GzipFile(fileobj=reader, mode="rb"), mode="r|")
-
-
-def _verify(archive: Path, key: bytes) -> dict:
-    """First pass: authenticate every byte and check every entry, writing nothing."""
+def _walk(archive: Path, key: bytes, staging: Path | None) -> dict:
+    """Decrypt and authenticate every byte, check every entry, and write the files into
+    `staging` (None: write nothing, the verification pass)."""
     manifest = None
-    with archive.open("rb") as f:
-        reader = _OpenReader(f, key)
-        with _tar_reader(reader) as tar:
-            for name, m in _members(tar):
-                f_member = tar.extractfile(m)
-                if name == "manifest.json":
-                    manifest = json.loads(f_member.read())
-                while f_member.read(CHUNK_BYTES):
-                    pass
-        reader.drain()
+    try:
+        with archive.open("rb") as f:
+            reader = _OpenReader(f, key)
+            gz = gzip.GzipFile(fileobj=reader, mode="rb")
+            with gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                for name, m in _members(tar):
+                    src = tar.extractfile(m)
+                    if name == "manifest.json":
+                        manifest = json.loads(src.read())
+                    elif staging is not None:
+                        dest = staging / name
+                        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                        with os.fdopen(fd, "wb") as out:
+                            shutil.copyfileobj(src, out)
+                    while src.read(CHUNK_BYTES):
+                        pass
+            reader.drain()
+    except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile) as e:
+        raise BackupError(f"archive is damaged: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != VERSION:
         raise BackupError("archive has no valid manifest")
     return manifest
@@ -400,27 +407,13 @@ def _is_empty(data_dir: Path) -> bool:
 def _restore(archive: Path, data_dir: Path, key: bytes, force: bool) -> dict:
     if not force and not _is_empty(data_dir):
         raise BackupError(f"{data_dir} is not empty: use --force to replace its contents")
-    try:
-        manifest = _verify(archive, key)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise BackupError(f"archive is damaged: {e}") from None
+    manifest = _walk(archive, key, None)  # nothing is written unless this passes
     # Staged inside the data directory: it may be a mount point (a container volume) whose
     # parent is neither writable nor on the same filesystem.
     prepare(data_dir)
     staging = Path(tempfile.mkdtemp(prefix=".oxyd-restore-", dir=data_dir))
     try:
-        with archive.open("rb") as f:
-            reader = _OpenReader(f, key)
-            with _tar_reader(reader) as tar:
-                for name, m in _members(tar):
-                    if name == "manifest.json":
-                        continue
-                    dest = staging / name
-                    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(tar.extractfile(m), out)
-            reader.drain()  # the second pass authenticates again: the file may have changed
+        _walk(archive, key, staging)  # authenticated again: the file may have changed since
         (staging / "tenants").mkdir(exist_ok=True, mode=0o700)
         _settle(staging, data_dir)
         for name in ("oxyd.sqlite3", "admin.token", "tenants"):

@@ -328,7 +328,7 @@ async def test_cli_backup_and_restore(tmp_path, monkeypatch, capsys):
     assert "no backup key" in capsys.readouterr().err
     monkeypatch.setenv("OXYD_BACKUP_KEY", KEY_B64)
     assert await asyncio.to_thread(cli, ["backup"]) == 0
-    out = Path(capsys.readouterr().out.strip())
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert out.parent == data / "backups"
     target = tmp_path / "restored"
     assert await asyncio.to_thread(cli, ["restore", str(out), "--data-dir", str(target)]) == 0
