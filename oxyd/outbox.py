@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import aiosqlite
 
 from oxyd.config import WEBHOOK_EVENTS
 
@@ -81,8 +84,11 @@ def rows(
 #
 # A row is 'pending' until delivered ('delivered', pruned after the retention period) or given
 # up on ('dead', kept until replayed or its tenant is removed). Writes go through store.tx()
-# so they never interleave with the writer's batch; reads use store.ro, which sees every commit
-# (WAL) without waiting behind a batch.
+# so they never interleave with the writer's batch. Reads take a connection: the dispatcher
+# passes its own reader (open_reader), because on a connection shared by coroutines an open
+# statement of one keeps SQLite's read snapshot alive for all, and a worker could then read
+# rows as they were before its own last commit (and send them twice). Each read here is one
+# execute_fetchall call, so no statement stays open between calls.
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
@@ -109,27 +115,43 @@ class Row:
     next_attempt_ms: int
 
 
+async def open_reader(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA query_only=ON")
+    return db
+
+
 _ROW_COLS = (
     "id, event_id, destination, tenant, type, body, created_at_ms, attempts, next_attempt_ms"
 )
 
 
-async def pending_destinations(store: Store) -> list[str]:
-    async with store.ro.execute(
+async def pending_destinations(ro: aiosqlite.Connection) -> list[str]:
+    rows = await ro.execute_fetchall(
         "SELECT DISTINCT destination FROM outbox WHERE status='pending'"
-    ) as cur:
-        return [r[0] for r in await cur.fetchall()]
+    )
+    return [r[0] for r in rows]
 
 
-async def head(store: Store, destination: str, limit: int) -> list[Row]:
+async def head(
+    ro: aiosqlite.Connection, destination: str, limit: int, after_id: int = 0
+) -> list[Row]:
     """The oldest pending rows of one destination, in creation order. Delivery is strictly
     in this order, so only the first row's next_attempt_ms decides when to send."""
-    async with store.ro.execute(
+    rows = await ro.execute_fetchall(
         f"SELECT {_ROW_COLS} FROM outbox WHERE status='pending' AND destination=?"
-        " ORDER BY id LIMIT ?",
-        (destination, limit),
-    ) as cur:
-        return [Row(*r) for r in await cur.fetchall()]
+        " AND id > ? ORDER BY id LIMIT ?",
+        (destination, after_id, limit),
+    )
+    return [Row(*r) for r in rows]
+
+
+async def webhook(ro: aiosqlite.Connection, tenant_id: str) -> tuple[str, str] | None:
+    """(url, secret) of a tenant's webhook, read fresh at delivery time."""
+    rows = list(
+        await ro.execute_fetchall("SELECT url, secret FROM webhooks WHERE tenant=?", (tenant_id,))
+    )
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 async def mark_delivered(store: Store, ids: list[int], now_ms: int) -> None:
@@ -191,25 +213,25 @@ async def retry_now(store: Store, destination: str, now_ms: int) -> int:
         return cur.rowcount
 
 
-async def dead(store: Store, destination: str, limit: int) -> list[dict[str, Any]]:
+async def dead(ro: aiosqlite.Connection, destination: str, limit: int) -> list[dict[str, Any]]:
     """Newest first; `event` is the payload exactly as it would be delivered."""
-    async with store.ro.execute(
+    rows = await ro.execute_fetchall(
         "SELECT event_id, type, created_at_ms, attempts, last_error, done_at_ms, body"
         " FROM outbox WHERE status='dead' AND destination=? ORDER BY id DESC LIMIT ?",
         (destination, limit),
-    ) as cur:
-        return [
-            {
-                "id": r[0],
-                "type": r[1],
-                "created_at_ms": r[2],
-                "attempts": r[3],
-                "last_error": r[4],
-                "dead_at_ms": r[5],
-                "event": json.loads(r[6]),
-            }
-            for r in await cur.fetchall()
-        ]
+    )
+    return [
+        {
+            "id": r[0],
+            "type": r[1],
+            "created_at_ms": r[2],
+            "attempts": r[3],
+            "last_error": r[4],
+            "dead_at_ms": r[5],
+            "event": json.loads(r[6]),
+        }
+        for r in rows
+    ]
 
 
 async def replay(store: Store, destination: str, now_ms: int) -> int:
@@ -241,14 +263,15 @@ async def prune(store: Store, before_ms: int, batch: int = 5000) -> int:
             return total
 
 
-async def counts(store: Store) -> dict[str, int]:
+async def counts(ro: aiosqlite.Connection) -> dict[str, int]:
     out = {PENDING: 0, DELIVERED: 0, DEAD: 0}
-    async with store.ro.execute("SELECT status, count(*) FROM outbox GROUP BY status") as cur:
-        for status, n in await cur.fetchall():
-            out[status] = n
+    for status, n in await ro.execute_fetchall(
+        "SELECT status, count(*) FROM outbox GROUP BY status"
+    ):
+        out[status] = n
     return out
 
 
-async def pending_count(store: Store) -> int:
-    async with store.ro.execute("SELECT count(*) FROM outbox WHERE status='pending'") as cur:
-        return (await cur.fetchone())[0]
+async def pending_count(ro: aiosqlite.Connection) -> int:
+    rows = await ro.execute_fetchall("SELECT count(*) FROM outbox WHERE status='pending'")
+    return next(iter(rows))[0]

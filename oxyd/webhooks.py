@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ from datetime import UTC
 from typing import Any
 
 import aiohttp
+import aiosqlite
 import yarl
 from loguru import logger
 from tenacity import RetryCallState, wait_exponential
@@ -109,12 +111,7 @@ class DispatchStats:
     dead: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "delivered": self.delivered,
-            "retried": self.retried,
-            "failed_4xx": self.failed_4xx,
-            "dead": self.dead,
-        }
+        return dataclasses.asdict(self)
 
 
 def _describe(e: BaseException, url: str, timeout_s: float) -> str:
@@ -127,6 +124,45 @@ def _describe(e: BaseException, url: str, timeout_s: float) -> str:
         )
     text = str(e).replace(url, host_of(url))
     return f"{type(e).__name__}: {text}"[:300]
+
+
+class _Marks:
+    """Delivered row ids, committed in the background so the next POST does not wait for a
+    commit (the write lock can sit behind the writer's batch or a WAL checkpoint). One
+    commit at a time; a failed one leaves its rows pending, to be sent again."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.ids: list[int] = []
+        self.task: asyncio.Task | None = None
+        self.last_id = 0
+
+    @property
+    def unsettled(self) -> bool:
+        return bool(self.ids) or (self.task is not None and not self.task.done())
+
+    def add(self, row_id: int) -> None:
+        self.ids.append(row_id)
+        self.last_id = row_id
+        if len(self.ids) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids or (self.task is not None and not self.task.done()):
+            return
+        if self.task is not None:
+            self.task.result()  # a failed commit surfaces here, not silently
+        ids, self.ids = self.ids, []
+        self.task = asyncio.create_task(outbox.mark_delivered(self.store, ids, self.clock.now_ms()))
+
+    async def settle(self) -> None:
+        """Every delivered row is marked on disk when this returns."""
+        task, self.task = self.task, None
+        if task is not None:
+            await task
+        ids, self.ids = self.ids, []
+        await outbox.mark_delivered(self.store, ids, self.clock.now_ms())
 
 
 class Dispatcher:
@@ -151,10 +187,17 @@ class Dispatcher:
         self._stopping = False
         self._scanner: asyncio.Task | None = None
         self._rng = random.Random()
+        self._reader: aiosqlite.Connection | None = None
+
+    @property
+    def _ro(self) -> aiosqlite.Connection:
+        # Before start() (or after stop()) the store's reader is good enough for listings.
+        return self._reader or self.store.ro
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
+        self._reader = await outbox.open_reader(self.store.path)
         if self._session_factory is not None:
             self._session = self._session_factory()
         else:
@@ -183,6 +226,9 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
 
     def kick(self) -> None:
         """Something was committed to the outbox: look now instead of at the next poll.
@@ -207,7 +253,7 @@ class Dispatcher:
 
     async def dead(self, tenant_id: str | None, limit: int = 100) -> list[dict[str, Any]]:
         """Dead events of a tenant's destination (None: the global one), newest first."""
-        return await outbox.dead(self.store, outbox.destination_of(tenant_id), limit)
+        return await outbox.dead(self._ro, outbox.destination_of(tenant_id), limit)
 
     async def replay(self, tenant_id: str | None) -> int:
         n = await outbox.replay(self.store, outbox.destination_of(tenant_id), self.clock.now_ms())
@@ -220,10 +266,10 @@ class Dispatcher:
         return await outbox.prune(self.store, before_ms)
 
     async def pending(self) -> int:
-        return await outbox.pending_count(self.store)
+        return await outbox.pending_count(self._ro)
 
     async def counts(self) -> dict[str, int]:
-        return await outbox.counts(self.store)
+        return await outbox.counts(self._ro)
 
     @property
     def active_destinations(self) -> int:
@@ -235,7 +281,7 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             try:
-                for dest in await outbox.pending_destinations(self.store):
+                for dest in await outbox.pending_destinations(self._ro):
                     self._ensure_worker(dest)
             except Exception as e:
                 logger.opt(exception=e).error("webhook outbox scan failed")
@@ -266,24 +312,29 @@ class Dispatcher:
             if self.cfg.url and self.cfg.secret:
                 return Target(self.cfg.url, self.cfg.secret)
             return None
-        hook = (await self.store.webhooks()).get(tenant)
-        return Target(hook["url"], hook["secret"]) if hook else None
+        hook = await outbox.webhook(self._ro, tenant)
+        return Target(*hook) if hook else None
 
     async def _work(self, dest: str) -> None:
         poke = self._pokes[dest]
         log = logger.bind(destination=dest)
-        delivered: list[int] = []
+        marks = _Marks(self.store, self.clock)
         try:
             while not self._stopping:
                 kicks = self._kicks
                 poke.clear()
-                rows = await outbox.head(self.store, dest, BATCH_ROWS)
+                # Rows delivered but not yet marked are still 'pending' on disk: read past them.
+                after_id = marks.last_id if marks.unsettled else 0
+                rows = await outbox.head(self._ro, dest, BATCH_ROWS, after_id)
                 if not rows:
-                    if kicks != self._kicks:
-                        continue  # a commit raced our query: look once more before leaving
-                    return
+                    if marks.unsettled:
+                        await marks.settle()
+                    elif kicks == self._kicks:
+                        return
+                    continue  # marks settled, or a commit raced our query: look again
                 target = await self._resolve(dest)
                 if target is None:
+                    await marks.settle()
                     # Dead, not dropped: re-adding the webhook and replaying sends them.
                     reason = "no webhook configured for this destination"
                     n = await outbox.kill_pending(self.store, dest, reason, self.clock.now_ms())
@@ -295,51 +346,42 @@ class Dispatcher:
                         break
                     wait_ms = row.next_attempt_ms - self.clock.now_ms()
                     if wait_ms > 0:
-                        await self._mark_delivered(delivered)
+                        await marks.settle()
                         await self._wait(poke, wait_ms / 1000)
                         break  # read again: a replay or a new URL may have changed the head
                     outcome = await self._send(target, row)
                     if outcome.ok:
                         self.stats.delivered += 1
-                        delivered.append(row.id)
-                        if len(delivered) >= BATCH_ROWS:
-                            await self._mark_delivered(delivered)
+                        marks.add(row.id)
                         continue
-                    await self._mark_delivered(delivered)
+                    await marks.settle()
                     await self._failed(row, outcome, target, log)
                     # Read again: a retry waits for its next_attempt_ms, and a dead row may
                     # have taken expired ones with it.
                     break
-                await self._mark_delivered(delivered)
+                marks.flush()
+                if poke.is_set():
+                    await marks.settle()  # a replay may have put rows before our last one
         except Exception as e:
             # A bug or the database failing: the rows stay pending, the next scan restarts us.
             log.opt(exception=e).error("webhook worker failed")
         finally:
+            # Marks first: while we are still registered, no second worker re-sends these.
+            with contextlib.suppress(Exception):
+                await marks.settle()
             self._workers.pop(dest, None)
             self._pokes.pop(dest, None)
-            if delivered:
-                with contextlib.suppress(Exception):
-                    await self._mark_delivered(delivered)
-
-    async def _mark_delivered(self, ids: list[int]) -> None:
-        if ids:
-            await outbox.mark_delivered(self.store, list(ids), self.clock.now_ms())
-            ids.clear()
 
     async def _failed(self, row: outbox.Row, outcome: Outcome, target: Target, log) -> None:
         attempts = row.attempts + 1
         now_ms = self.clock.now_ms()
         error = outcome.error or "failed"
         too_old = now_ms - row.created_at_ms > self.cfg.max_age_s * 1000
+        what = f"webhook {row.event_id} to {host_of(target.url)} failed ({error})"
         if not outcome.retry:
             self.stats.failed_4xx += 1
             await outbox.mark_dead(self.store, row.id, attempts, error, now_ms)
-            log.warning(
-                "webhook {} to {} refused ({}): dead, not retried",
-                row.event_id,
-                host_of(target.url),
-                error,
-            )
+            log.warning("{}: dead, not retried", what)
             return
         if attempts >= self.cfg.max_attempts or too_old:
             self.stats.dead += 1
@@ -356,14 +398,7 @@ class Dispatcher:
                 created_before_ms=cutoff_ms,
             )
             self.stats.dead += n
-            log.warning(
-                "webhook {} to {} dead after {} ({}); {} more expired",
-                row.event_id,
-                host_of(target.url),
-                why,
-                error,
-                n,
-            )
+            log.warning("{}: dead after {}; {} more expired", what, why, n)
             return
         self.stats.retried += 1
         delay_s = outcome.retry_after_s
@@ -372,14 +407,7 @@ class Dispatcher:
         delay_s = min(delay_s, self.cfg.max_age_s)
         next_ms = now_ms + round(delay_s * 1000)
         await outbox.mark_retry(self.store, row.id, attempts, next_ms, error)
-        log.info(
-            "webhook {} to {} failed ({}), attempt {}; retry in {:.2f}s",
-            row.event_id,
-            host_of(target.url),
-            error,
-            attempts,
-            delay_s,
-        )
+        log.info("{}, attempt {}; retry in {:.2f}s", what, attempts, delay_s)
 
     async def _send(self, target: Target, row: outbox.Row) -> Outcome:
         assert self._session is not None
