@@ -1,7 +1,7 @@
 # oxyd in a container: non-root, state on the /data volume, health from /healthz.
 #
 #   docker build -t oxyd .
-#   docker run -d --name oxyd -v oxyd-data:/data -p 127.0.0.1:8780:8780 --stop-timeout 30 oxyd
+#   docker run -d --name oxyd -v oxyd-data:/data -p 127.0.0.1:8780:8780 --stop-timeout 60 oxyd
 #
 # Inside the container oxyd listens on 0.0.0.0 (set below) so the port mapping can reach it;
 # publish it on 127.0.0.1 of the host as above, or behind a TLS proxy. Every route except
@@ -43,6 +43,6 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "oxyd.healthcheck"]
 
 # oxyd drains its queues on SIGTERM; give it more than supervisor.stop_grace_s (10 s) with
-# `docker stop -t 30` / `stop_grace_period: 30s` (Docker's default is 10 s).
+# `docker stop -t 60` / `stop_grace_period: 60s` (Docker's default is 10 s).
 STOPSIGNAL SIGTERM
 CMD ["oxyd", "run"]
