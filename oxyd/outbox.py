@@ -7,6 +7,7 @@ queries at the end of this module.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from oxyd.config import WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     # Typing only: store.py imports nothing from here, but keep the import graph one-way.
+    from oxyd.clock import Clock
     from oxyd.store import Store
 
 ALERTS = tuple(e for e in WEBHOOK_EVENTS if e.startswith("alert."))
@@ -163,6 +165,46 @@ async def mark_delivered(store: Store, ids: list[int], now_ms: int) -> None:
             " done_at_ms=? WHERE id=? AND status='pending'",
             [(now_ms, i) for i in ids],
         )
+
+
+class DeliveredMarks:
+    """Delivered row ids, committed in the background so the next POST does not wait for a
+    commit (the write lock can sit behind the writer's batch or a WAL checkpoint). One
+    commit at a time; a failed one leaves its rows pending, to be sent again."""
+
+    def __init__(self, store: Store, clock: Clock, batch_rows: int) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch_rows = batch_rows
+        self.ids: list[int] = []
+        self.task: asyncio.Task | None = None
+        self.last_id = 0
+
+    @property
+    def unsettled(self) -> bool:
+        return bool(self.ids) or (self.task is not None and not self.task.done())
+
+    def add(self, row_id: int) -> None:
+        self.ids.append(row_id)
+        self.last_id = row_id
+        if len(self.ids) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids or (self.task is not None and not self.task.done()):
+            return
+        if self.task is not None:
+            self.task.result()  # a failed commit surfaces here, not silently
+        ids, self.ids = self.ids, []
+        self.task = asyncio.create_task(mark_delivered(self.store, ids, self.clock.now_ms()))
+
+    async def settle(self) -> None:
+        """Every delivered row is marked on disk when this returns."""
+        task, self.task = self.task, None
+        if task is not None:
+            await task
+        ids, self.ids = self.ids, []
+        await mark_delivered(self.store, ids, self.clock.now_ms())
 
 
 async def mark_retry(

@@ -126,45 +126,6 @@ def _describe(e: BaseException, url: str, timeout_s: float) -> str:
     return f"{type(e).__name__}: {text}"[:300]
 
 
-class _Marks:
-    """Delivered row ids, committed in the background so the next POST does not wait for a
-    commit (the write lock can sit behind the writer's batch or a WAL checkpoint). One
-    commit at a time; a failed one leaves its rows pending, to be sent again."""
-
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self.store = store
-        self.clock = clock
-        self.ids: list[int] = []
-        self.task: asyncio.Task | None = None
-        self.last_id = 0
-
-    @property
-    def unsettled(self) -> bool:
-        return bool(self.ids) or (self.task is not None and not self.task.done())
-
-    def add(self, row_id: int) -> None:
-        self.ids.append(row_id)
-        self.last_id = row_id
-        if len(self.ids) >= BATCH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.ids or (self.task is not None and not self.task.done()):
-            return
-        if self.task is not None:
-            self.task.result()  # a failed commit surfaces here, not silently
-        ids, self.ids = self.ids, []
-        self.task = asyncio.create_task(outbox.mark_delivered(self.store, ids, self.clock.now_ms()))
-
-    async def settle(self) -> None:
-        """Every delivered row is marked on disk when this returns."""
-        task, self.task = self.task, None
-        if task is not None:
-            await task
-        ids, self.ids = self.ids, []
-        await outbox.mark_delivered(self.store, ids, self.clock.now_ms())
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -318,7 +279,7 @@ class Dispatcher:
     async def _work(self, dest: str) -> None:
         poke = self._pokes[dest]
         log = logger.bind(destination=dest)
-        marks = _Marks(self.store, self.clock)
+        marks = outbox.DeliveredMarks(self.store, self.clock, BATCH_ROWS)
         try:
             while not self._stopping:
                 kicks = self._kicks
