@@ -100,6 +100,7 @@ class NeonizeClient:
         self._nc: Any = None
         self._task: asyncio.Task | None = None
         self._stopper: asyncio.Task | None = None
+        self._stop_entered_mono: float | None = None
         self._pairing: PairingRun | None = None
         self._had_session = False
         self._stopping = False
@@ -214,9 +215,12 @@ class NeonizeClient:
 
     @property
     def stuck(self) -> bool:
-        """A stop was requested but Go's Stop or connect call has not returned."""
+        """Go's Stop, or the session's connect call, has not returned within stop_grace_s of
+        our stop getting the gate (waiting in the gate's queue is not being stuck)."""
+        grace_s = self.engine.stop_grace_s
         if self._stopper is not None and not self._stopper.done():
-            return True
+            entered = self._stop_entered_mono
+            return entered is not None and time.monotonic() - entered > grace_s
         return self._stopping and self.running
 
     def last_event_age_s(self) -> float | None:
@@ -240,6 +244,8 @@ class NeonizeClient:
             raise EngineError("device store not paired")
         nc = self.native()
         async with self.engine.gate.exclusive():
+            if self.engine.closing:
+                raise EngineError("engine is shutting down")
             if self._had_session:
                 await nc.stop()  # clear whatever a dead session left in Go's maps
             self._stopping = self._explained = self._muted = False
@@ -291,19 +297,22 @@ class NeonizeClient:
             return
         self._stopping = True
         if self._stopper is None or self._stopper.done():
+            self._stop_entered_mono = None
             self._stopper = asyncio.ensure_future(self._stop_locked(task))
+        # Queueing for the gate is unbounded (every holder is bounded); the Go calls are not.
+        while not self._stopper.done() and self._stop_entered_mono is None:
+            await asyncio.wait({self._stopper}, timeout=0.05)
         await asyncio.wait({self._stopper}, timeout=self.engine.stop_grace_s)
         if self.stuck:
             log.error(
-                "neonize %s: still stuck %.1f s after stop",
-                self.tenant_id,
-                self.engine.stop_grace_s,
+                "neonize %s: stuck %.1f s after stop", self.tenant_id, self.engine.stop_grace_s
             )
 
     async def _stop_locked(self, task: asyncio.Task) -> None:
-        # Shielded from the caller's timeout: the gate stays exclusive until Go's Stop returns,
+        # Not cancelled with its caller: the gate stays exclusive until Go's Stop returns,
         # since another neonize call during a Stop can corrupt Go's maps.
         async with self.engine.gate.exclusive():
+            self._stop_entered_mono = time.monotonic()
             await self._nc.stop()
             await asyncio.wait({task}, timeout=self.engine.stop_grace_s)
 

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from oxyd.clock import Clock, RealClock
 from oxyd.engine import Sink
+from oxyd.model import valid_tenant_id
 from oxyd.neonize_client import NeonizeClient, read_device, store_dsn
 
 log = logging.getLogger("oxyd.neonize")
@@ -163,6 +164,7 @@ class NeonizeEngine:
         # The pairing child; tests point it at a fake script.
         self.pair_argv: list[str] = [sys.executable, "-m", "oxyd.neonize_pair"]
         self.gate = Gate()
+        self.closing = False
         self._clients: dict[str, NeonizeClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -185,6 +187,8 @@ class NeonizeEngine:
         events.event_global_loop = loop
 
     def client(self, tenant_id: str, sink: Sink) -> NeonizeClient:
+        if not valid_tenant_id(tenant_id):
+            raise ValueError(f"invalid tenant id {tenant_id!r}")  # it becomes a path
         client = self._clients.get(tenant_id)
         if client is None:
             client = self._clients[tenant_id] = NeonizeClient(self, tenant_id, sink)
@@ -203,6 +207,7 @@ class NeonizeEngine:
         """Stop every client, all within `stop_grace_s`. Returns True when clean; False when a
         neonize thread is still stuck: the caller must flush its store and then os._exit(),
         because interpreter shutdown would wait for that thread forever."""
+        self.closing = True  # connects queued behind these stops must not start
         stops = [asyncio.ensure_future(c.stop()) for c in self._clients.values()]
         if stops:
             _, pending = await asyncio.wait(stops, timeout=self.stop_grace_s)
@@ -215,10 +220,8 @@ class NeonizeEngine:
                     self.stop_grace_s,
                 )
                 return False
-        clean = not self.stuck()
-        if clean and self._executor is not None:
-            self._executor.shutdown(wait=False)
-        return clean
+        # The executor stays: it is the loop's default now, and asyncio.run shuts it down.
+        return not self.stuck()
 
 
 def import_neonize() -> None:
