@@ -117,9 +117,9 @@ async def main() -> None:
         f"   0 tenants (neonize loaded): RSS {r['rss_bytes'] / 2**20:7.1f} MiB, "
         f"open fds {r['open_fds']}"
     )
-    await dispatch(engine, args.events)
     for n in (20, 100):
         await retrying(engine, n, args.retry_s, f"n{n}")
+    await dispatch(engine, args.events)
     print("clean close:", await engine.close())
 
 

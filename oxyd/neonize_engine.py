@@ -1,7 +1,8 @@
 """The neonize (whatsmeow) engine: real WhatsApp multi-device sessions, one per tenant.
 
-Only this module and oxyd/neonize_events.py (pure translation) import neonize, lazily, because
-`import neonize` calls logging.basicConfig: set up oxyd's logging first. Every rule below comes
+Only the oxyd/neonize_*.py modules import neonize (engine, client, pair, events: pure
+translation), all lazily, because `import neonize` calls logging.basicConfig: set up oxyd's
+logging first. Every rule below comes
 from /work/shared/neonize-notes.md (several neonize calls kill the whole process):
 
 - ONE reader/writer gate around every neonize call: connect (until its first event, or

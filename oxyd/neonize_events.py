@@ -1,8 +1,7 @@
 """Pure translation of neonize (whatsmeow) protobuf events into oxyd.model events.
 
 No I/O and no neonize calls: every function takes protobuf objects and returns plain events,
-so the whole mapping is tested on hand-built protobufs. Only this module and
-oxyd/neonize_engine.py touch neonize, and both import it lazily.
+so the whole mapping is tested on hand-built protobufs. It never imports neonize itself.
 
 Decisions (documented here because the store relies on them):
 - JIDs are written without their device part (`user@server`): a sender's phone and its linked

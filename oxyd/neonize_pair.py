@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +35,8 @@ log = logging.getLogger("oxyd.neonize")
 FIRST_QR_S = 60
 NEXT_QR_S = 20
 PAIR_CODE_S = 180
+# Hard cap for a child whose parent cannot kill it (pairing never takes this long).
+MAX_CHILD_S = 900
 
 
 class PairingRun:
@@ -148,8 +151,19 @@ class PairingRun:
 
 
 def _say(**obj: object) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        os._exit(3)  # the daemon is gone: nobody can show a QR any more
+
+
+async def _watch_parent(parent_pid: int, limit_s: float) -> None:
+    # The parent normally kills us on timeout; this covers a parent that was SIGKILLed.
+    deadline = time.monotonic() + limit_s
+    while os.getppid() == parent_pid and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    os._exit(3)
 
 
 async def _pair(store: str, uuid: str, phone: str | None) -> int:
@@ -164,6 +178,7 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
     from oxyd.neonize_events import jid_str
 
     nev.event_global_loop = loop
+    watcher = asyncio.ensure_future(_watch_parent(os.getppid(), MAX_CHILD_S))
     nc = NewAClient(store_dsn(store), uuid=uuid)
     done: asyncio.Future[int] = loop.create_future()
     qr_count = 0
@@ -216,6 +231,7 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
     # Let Go close the socket and the store; os._exit below covers a Stop that never returns.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.stop(), timeout=3.0)
+    watcher.cancel()
     return done.result()
 
 

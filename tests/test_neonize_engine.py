@@ -363,3 +363,27 @@ async def test_gate_is_exclusive_fair_and_survives_cancellation():
         await waiter
     assert not gate.busy
     await asyncio.wait_for(exclusive("after"), 1)
+
+
+async def test_no_events_after_stop_and_no_connect_after_close(tmp_path, tid):
+    got: list = []
+    engine = NeonizeEngine(tmp_path)
+    await engine.start()
+    client = engine.client(tid, got.append)
+    nc = client.native()
+    done = threading.Event()
+    threading.Thread(target=feed, args=(nc, [message(1)], done), daemon=True).start()
+    await until(lambda: len(got) == 1, 5, "first event")
+    await client.stop()
+    done.clear()
+    threading.Thread(target=feed, args=(nc, [message(2)], done), daemon=True).start()
+    await until(done.is_set, 5, "fed")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [e.wa_id for e in got] == ["M00001"]
+    assert await engine.close()
+    client.is_paired = no_paired_check
+    with pytest.raises(EngineError, match="shutting down"):
+        await client.connect()
+    with pytest.raises(ValueError):
+        engine.client("../x", got.append)
