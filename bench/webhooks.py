@@ -1,6 +1,8 @@
 """Webhook delivery benchmark: deliveries per second and delay from commit to delivery.
 
-    python bench/webhooks.py [--events 20000] [--destinations 4] [--rate 1000]
+    python -P bench/webhooks.py [--events 20000] [--destinations 4] [--rate 1000]
+
+(-P: bench/http.py must not shadow the standard library's http package.)
 
 Phase 1 (throughput): N events already committed, spread over the destinations; the time
 from start() until the receiver has acknowledged all of them.
