@@ -244,6 +244,8 @@ new MutationObserver(ms => ms.forEach(m => __seen.push(m.target.dataset.id + ':'
 
 async def test_status_page_in_a_real_browser(daemon, browser):
     base, page = daemon, browser
+    async with aiohttp.ClientSession() as s, s.get(base + "/") as r:
+        assert r.status == 200, "GET / is not served: http.make_app must call page.setup(web_app)"
     for tid in ("alpha", "beta", "gamma", "delta"):
         await api(base, "POST", "/v1/tenants", {"id": tid, "engine": "simulator"})
 
