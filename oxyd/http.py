@@ -258,18 +258,37 @@ def metrics_middleware(observe: Callable[[str, str, int, float], None]):
     return count
 
 
+def invalidate_on_write(cache: Any):
+    @web.middleware
+    async def invalidate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                cache.invalidate()
+
+    return invalidate
+
+
 def make_app(app: App) -> web.Application:
     from oxyd import metrics, openapi, routes, routes_data
 
     registry = metrics.Metrics(app)
+    list_cache = routes.ListCache()
     # Bodies are read through read_limited (per-route limits: media sends may be larger).
     media_limit = app.cfg.send.max_media_bytes * 4 // 3 + 64 * 1024
     web_app = web.Application(
-        middlewares=[metrics_middleware(registry.observe_request), errors, auth],
+        middlewares=[
+            metrics_middleware(registry.observe_request),
+            invalidate_on_write(list_cache),
+            errors,
+            auth,
+        ],
         client_max_size=max(app.cfg.http.max_body_bytes, media_limit),
     )
     web_app[APP] = app
     web_app[metrics.METRICS] = registry
+    web_app[routes.LIST_CACHE] = list_cache
     web_app.add_routes(routes.table)
     web_app.add_routes(routes_data.table)
     web_app.add_routes(metrics.table)

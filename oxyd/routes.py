@@ -7,8 +7,10 @@ routes_data.py.
 from __future__ import annotations
 
 import io
+import json
 import re
 import secrets
+import time
 from typing import Any
 
 from aiohttp import web
@@ -31,15 +33,40 @@ from oxyd.model import ENGINES, valid_tenant_id
 table = web.RouteTableDef()
 
 PHONE_RE = re.compile(r"[0-9]{6,15}")
+# The admin's tenant list is ~300 KB of JSON at 1,000 tenants (~6 ms to build and encode): under
+# a polling dashboard or many clients, answers for this long reuse the same bytes. Any write
+# through the API clears it (see http.invalidate_on_write), so an operator never sees a stale
+# list after their own change; engine-driven changes show up within this time.
+LIST_CACHE_S = 0.25
+
+
+class ListCache:
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.built_mono = 0.0
+
+    def invalidate(self) -> None:
+        self.body = None
+
+
+LIST_CACHE: web.AppKey[ListCache] = web.AppKey("oxyd_list_cache", ListCache)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+def query_param(request: web.Request, name: str) -> str | None:
+    """One query value: a repeated parameter is ambiguous, so it is refused."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"{name}: give it once")
+    return values[0] if values else None
+
+
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = query_param(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -51,7 +78,9 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
 
 
 def bool_param(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "false").lower()
+    raw = query_param(request, name)
+    if raw is None:
+        return False
     if raw not in ("true", "false", "1", "0"):
         raise ApiError(400, "invalid_parameter", f"{name}: must be true or false")
     return raw in ("true", "1")
@@ -92,7 +121,12 @@ async def list_tenants(request: web.Request) -> web.Response:
     sup = request.app[APP].supervisor
     own = request.get(TOKEN_TENANT)
     if own is None:
-        return ok({"tenants": sup.tenants()})
+        cache = request.app[LIST_CACHE]
+        now = time.monotonic()
+        if cache.body is None or now - cache.built_mono > LIST_CACHE_S:
+            cache.body = json.dumps({"tenants": sup.tenants()}).encode()
+            cache.built_mono = now
+        return web.Response(body=cache.body, content_type="application/json")
     runner = sup.runners.get(own)
     return ok({"tenants": [sup.tenant_json(runner)] if runner is not None else []})
 

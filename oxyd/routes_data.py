@@ -21,7 +21,7 @@ from oxyd.http import (
     read_limited,
     tenant_id,
 )
-from oxyd.routes import int_param, no_body, ok
+from oxyd.routes import int_param, no_body, ok, query_param
 
 table = web.RouteTableDef()
 
@@ -93,7 +93,7 @@ def _media(raw: dict[str, Any], max_bytes: int) -> OutboundMedia:
 
 
 def _cursor(request: web.Request) -> str | None:
-    cursor = request.query.get("cursor") or None
+    cursor = query_param(request, "cursor") or None
     if cursor is not None and (len(cursor) > 512 or not cursor.isascii()):
         raise ApiError(400, "invalid_cursor", "cursor: not a cursor this API returned")
     return cursor
@@ -103,7 +103,7 @@ def _cursor(request: web.Request) -> str | None:
 async def list_messages(request: web.Request) -> web.Response:
     tid = tenant_id(request)
     limit = int_param(request, "limit", 100, 1, 1000)
-    chat = request.query.get("chat") or None
+    chat = query_param(request, "chat") or None
     cursor = _cursor(request)
     try:
         msgs, nxt = await request.app[APP].store.messages(tid, chat, limit, cursor)
