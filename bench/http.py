@@ -105,7 +105,8 @@ async def main() -> None:
             "OXYD_LOG_LEVEL": "WARNING",
             "OXYD_SUPERVISOR_CONNECT_CONCURRENCY": "64",
         }
-        proc = subprocess.Popen([sys.executable, "-m", "oxyd", "run"], env=env)
+        # Popen only forks and execs: it does not wait on the child.
+        proc = subprocess.Popen([sys.executable, "-m", "oxyd", "run"], env=env)  # noqa: ASYNC220
         try:
             for _ in range(200):
                 try:
@@ -136,7 +137,7 @@ async def main() -> None:
             )
         finally:
             proc.terminate()
-            proc.wait(30)
+            await asyncio.to_thread(proc.wait, 30)
 
 
 if __name__ == "__main__":
