@@ -26,6 +26,7 @@ table = web.RouteTableDef()
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the page's watchdog happy
 TICK_S = 1.0  # how often an idle stream checks for a gone client or a stopping daemon
 QUEUE_MAX = 1000  # events buffered per stream; a client that falls this far behind is dropped
+WRITE_TIMEOUT_S = 10.0  # a client whose socket stays full this long is gone (or stuck): end it
 STREAMS: web.AppKey[set[asyncio.Event]] = web.AppKey("oxyd_page_streams", set)
 
 HTML = resources.files("oxyd").joinpath("status.html").read_bytes()
@@ -88,6 +89,13 @@ def _frame(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+async def _send(resp: web.StreamResponse, data: bytes) -> None:
+    """Write with a deadline: a peer that stopped reading must not pin this stream (nor the
+    daemon's shutdown) until TCP gives up minutes later."""
+    async with asyncio.timeout(WRITE_TIMEOUT_S):
+        await resp.write(data)
+
+
 @table.get("/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     sup = request.app[APP].supervisor
@@ -114,11 +122,14 @@ async def events(request: web.Request) -> web.StreamResponse:
             r = sup.runners.get(own)
             tenants = [sup.tenant_json(r)] if r is not None else []
             snapshot = {"tenants": tenants, "health": None, "admin": False}
-        await resp.write(_frame("snapshot", snapshot))
+        await _send(resp, _frame("snapshot", snapshot))
         await _pump(request, resp, queue, stop, own)
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away: nothing left to tell it
+    except TimeoutError:
+        if request.transport is not None:  # it stopped reading: drop it without a goodbye
+            request.transport.abort()
     finally:
         sup.listeners.discard(queue)
         if streams is not None:
@@ -149,7 +160,7 @@ async def _pump(
             elif not stop.is_set():
                 ev = getter.result()
                 if own is None or ev.get("tenant") == own:
-                    await resp.write(_frame(ev["type"], ev))
+                    await _send(resp, _frame(ev["type"], ev))
                     last_write = loop.time()
                 continue  # drain what is queued before looking at the exits
             transport = request.transport
@@ -158,7 +169,7 @@ async def _pump(
             if queue not in sup.listeners:
                 return  # dropped by publish() for falling behind: the page reconnects
             if loop.time() - last_write >= KEEPALIVE_S:
-                await resp.write(b": keep-alive\n\n")
+                await _send(resp, b": keep-alive\n\n")
                 last_write = loop.time()
     finally:
         stopping.cancel()

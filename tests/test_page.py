@@ -244,6 +244,32 @@ async def test_a_listener_that_falls_behind_is_dropped_and_its_stream_ends(
         await next_event(resp)
 
 
+async def test_a_client_that_stops_reading_is_cut_off(client, app, monkeypatch):
+    monkeypatch.setattr(page, "WRITE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(page, "TICK_S", 0.02)
+    _reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        f"{app.admin_token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    streams = client.server.app[page.STREAMS]
+    await until(lambda: streams, what="the stream to open")
+    big = "x" * 65536
+
+    async def flood() -> bool:  # never read: the socket buffers fill, then writes block
+        for _ in range(8):
+            app.supervisor.publish({"type": "removed", "tenant": "ghost", "pad": big})
+        await asyncio.sleep(0.01)
+        return not streams
+
+    try:
+        await until(flood, what="the stuck stream to be cut off")
+        assert not app.supervisor.listeners
+    finally:
+        writer.close()
+
+
 async def test_streams_end_when_the_server_shuts_down(client, app):
     resp = await client.get("/v1/events", headers=admin(app))
     await next_event(resp)
