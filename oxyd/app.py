@@ -13,14 +13,17 @@ from typing import Any
 
 from loguru import logger
 
-from oxyd import datadir, outbox
+from oxyd import backup, datadir, outbox
 from oxyd.batch import Writer
 from oxyd.clock import Clock, RealClock
-from oxyd.config import Config
+from oxyd.config import EXIT_CONFIG, Config
 from oxyd.engine import Engine
+from oxyd.jobs import Jobs
+from oxyd.notify import Notifier
 from oxyd.simulator import SimulatorEngine
 from oxyd.store import Store
 from oxyd.supervisor import Supervisor
+from oxyd.webhooks import Dispatcher
 
 
 @dataclass
@@ -31,6 +34,7 @@ class App:
     writer: Writer
     subs: outbox.Subscriptions
     supervisor: Supervisor
+    webhooks: Dispatcher
     engines: dict[str, Engine]
     admin_token: str
     started_ms: int
@@ -43,7 +47,9 @@ def make_engines(cfg: Config, clock: Clock) -> dict[str, Engine]:
         from oxyd.neonize_engine import NeonizeEngine
 
         engines["neonize"] = NeonizeEngine(
-            cfg.data_dir, clock=clock, pair_timeout_s=cfg.supervisor.pair_timeout_s,
+            cfg.data_dir,
+            clock=clock,
+            pair_timeout_s=cfg.supervisor.pair_timeout_s,
             stop_grace_s=cfg.supervisor.stop_grace_s,
         )
     except ImportError as e:  # neonize's wheel exists for the common platforms only
@@ -51,14 +57,18 @@ def make_engines(cfg: Config, clock: Clock) -> dict[str, Engine]:
     return engines
 
 
-async def build(cfg: Config, clock: Clock | None = None,
-                engines: dict[str, Engine] | None = None) -> App:
+async def build(
+    cfg: Config, clock: Clock | None = None, engines: dict[str, Engine] | None = None
+) -> App:
     """Open everything but start no tenant and no server (tests build apps this way)."""
     clock = clock or RealClock()
     await asyncio.to_thread(datadir.prepare, cfg.data_dir)
     token, source = await asyncio.to_thread(
-        datadir.admin_token, cfg.data_dir, os.environ.get("OXYD_ADMIN_TOKEN"),
-        cfg.http.admin_token_file)
+        datadir.admin_token,
+        cfg.data_dir,
+        os.environ.get("OXYD_ADMIN_TOKEN"),
+        cfg.http.admin_token_file,
+    )
     from oxyd import log
 
     log.redact(token)
@@ -66,16 +76,23 @@ async def build(cfg: Config, clock: Clock | None = None,
     logger.info("admin token from {}", source)
     store = await Store.open(cfg.data_dir)
     subs = outbox.Subscriptions(cfg.webhooks.events if cfg.webhooks.url else None)
-    writer = Writer(store, clock, subs, batch_max=cfg.store.batch_max,
-                    queue_max=cfg.store.queue_max)
+    writer = Writer(
+        store, clock, subs, batch_max=cfg.store.batch_max, queue_max=cfg.store.queue_max
+    )
     engines = engines if engines is not None else make_engines(cfg, clock)
     sup = Supervisor(cfg, store, writer, subs, clock, engines)
     writer._on_commit = sup.on_stored
-    return App(cfg, clock, store, writer, subs, sup, engines, token, clock.now_ms())
+    disp = Dispatcher(store, cfg.webhooks, clock)
+    # New outbox rows wake the dispatcher at once instead of at its next poll.
+    writer.kick = sup.kick = disp.kick
+    app = App(cfg, clock, store, writer, subs, sup, disp, engines, token, clock.now_ms())
+    app.extras["webhooks"] = disp
+    return app
 
 
 async def start(app: App) -> None:
     app.writer.start()
+    await app.webhooks.start()
     for engine in app.engines.values():
         starter = getattr(engine, "start", None)
         if starter is not None:
@@ -87,12 +104,17 @@ async def stop(app: App) -> None:
     """Tenants stop, queues drain, the database closes last. Returns False when a client
     was stuck and the process should leave through os._exit."""
     grace_s = app.cfg.supervisor.stop_grace_s
+    jobs = app.extras.get("jobs")
+    if jobs is not None:
+        await jobs.stop()
     await app.supervisor.stop()
     try:
         await asyncio.wait_for(app.writer.stop(), grace_s + 30)
     except TimeoutError:
-        logger.error("writer could not drain within the grace period; {} rows unwritten",
-                     app.writer.depth)
+        logger.error(
+            "writer could not drain within the grace period; {} rows unwritten", app.writer.depth
+        )
+    await app.webhooks.stop()
     clean = True
     for engine in app.engines.values():
         try:
@@ -126,13 +148,46 @@ async def run(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
+    notifier = Notifier()
+    key = None
+    try:
+        key = backup.load_key(cfg)
+    except backup.BackupError as e:
+        if cfg.backup.schedule:
+            logger.error("backup.schedule is set but {}", e)
+            return EXIT_CONFIG
+
     app = await build(cfg)
     logger.info("data directory {}", cfg.data_dir.resolve())
     await start(app)
+    make_backup = None
+    if key is not None:
+
+        def make_backup():
+            return backup.create_backup(cfg.data_dir, key, clock=app.clock)
+
+    jobs = Jobs(
+        cfg,
+        store=app.store,
+        health_sweep=app.supervisor.health_sweep,
+        make_backup=make_backup,
+        prune_outbox=app.webhooks.prune,
+        clock=app.clock,
+    )
+    jobs.start()
+    app.extras["jobs"] = jobs
     runner = await http.serve(app)
     logger.info("listening on http://{}:{}", cfg.http.host, cfg.http.port)
+    notifier.ready(_status_line(app))
+    side_tasks = [
+        asyncio.create_task(notifier.watchdog_loop()),
+        asyncio.create_task(_status_loop(app, notifier)),
+    ]
     await stop_event.wait()
 
+    notifier.stopping("draining queues")
+    for t in side_tasks:
+        t.cancel()
     await runner.cleanup()  # HTTP first: no new work while we drain
     clean = await stop(app)
     logger.info("stopped")
@@ -140,3 +195,14 @@ async def run(cfg: Config) -> int:
         logger.warning("a WhatsApp client thread is stuck; leaving without waiting for it")
         os._exit(0)
     return 0
+
+
+def _status_line(app: App) -> str:
+    counts = app.supervisor.counts_by_state()
+    return f"{sum(counts.values())} tenants, {counts.get('connected', 0)} connected"
+
+
+async def _status_loop(app: App, notifier: Notifier, every_s: float = 30.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        notifier.status(_status_line(app))

@@ -111,6 +111,7 @@ class Writer:
         self._done_seq = 0
         self._done = asyncio.Condition()
         self._task: asyncio.Task | None = None
+        self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
 
     @property
     def depth(self) -> int:
@@ -297,6 +298,8 @@ class Writer:
             for it in receipts:
                 await self._receipt(db, it.tenant, it.payload, events, now_ms)
             await insert_outbox(db, events)
+        if events:
+            self.kick()
         self.stats.stored += len(new_rows)
         self.stats.duplicates += (
             len(rows) + sum(len(h.messages) for _, h, _ in synced) - len(new_rows)

@@ -6,6 +6,7 @@ routes_data.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -44,6 +45,7 @@ class ListCache:
     def __init__(self) -> None:
         self.body: bytes | None = None
         self.built_mono = 0.0
+        self.version = -1
 
     def invalidate(self) -> None:
         self.body = None
@@ -123,9 +125,15 @@ async def list_tenants(request: web.Request) -> web.Response:
     if own is None:
         cache = request.app[LIST_CACHE]
         now = time.monotonic()
-        if cache.body is None or now - cache.built_mono > LIST_CACHE_S:
+        # State changes bump sup.version and show at once; only counters (messages stored,
+        # last event) may lag by up to LIST_CACHE_S.
+        if (
+            cache.body is None
+            or cache.version != sup.version
+            or now - cache.built_mono > LIST_CACHE_S
+        ):
             cache.body = json.dumps({"tenants": sup.tenants()}).encode()
-            cache.built_mono = now
+            cache.built_mono, cache.version = now, sup.version
         return web.Response(body=cache.body, content_type="application/json")
     runner = sup.runners.get(own)
     return ok({"tenants": [sup.tenant_json(runner)] if runner is not None else []})
@@ -266,9 +274,42 @@ async def revoke_tokens(request: web.Request) -> web.Response:
 @table.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     require_admin(request)
-    sup = request.app[APP].supervisor
+    app = request.app[APP]
+    jobs = app.extras.get("jobs")
+    if jobs is not None and jobs.last_health is not None:
+        return ok(jobs.last_health)  # the sweep plus never-paired tenants past retention
     # Before the first scheduled sweep, run one so the answer is never empty.
-    return ok(sup.last_health or await sup.health_sweep())
+    return ok(app.supervisor.last_health or await app.supervisor.health_sweep())
+
+
+@table.post("/v1/backups")
+async def make_backup(request: web.Request) -> web.Response:
+    require_admin(request)
+    app = request.app[APP]
+    await read_limited(request, body_limit_bytes(request))
+    jobs = app.extras.get("jobs")
+    if jobs is None or jobs._make_backup is None:
+        raise ApiError(
+            409, "backups_not_configured", "no backup key: set OXYD_BACKUP_KEY or backup.key_file"
+        )
+    from oxyd import backup
+
+    path = await jobs.backup_now()
+    listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
+    entry = next((b for b in listing if b["name"] == path.name), {"name": path.name})
+    return ok({k: (str(v) if k == "path" else v) for k, v in entry.items()}, 201)
+
+
+@table.get("/v1/backups")
+async def list_backups(request: web.Request) -> web.Response:
+    require_admin(request)
+    from oxyd import backup
+
+    app = request.app[APP]
+    listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
+    return ok(
+        {"backups": [{k: (str(v) if k == "path" else v) for k, v in b.items()} for b in listing]}
+    )
 
 
 @table.post("/v1/tenants/{id}/simulate")

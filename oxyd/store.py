@@ -146,13 +146,21 @@ class Store:
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; the lock keeps other writers' statements out of it."""
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # Also when cancelled while BEGIN was still queued: the database thread runs
+                # calls in order, so this ROLLBACK lands after it and nothing stays open.
+                await asyncio.shield(self._rollback())
                 raise
-            await self.db.execute("COMMIT")
+            await asyncio.shield(self.db.execute("COMMIT"))
+
+    async def _rollback(self) -> None:
+        try:
+            await self.db.execute("ROLLBACK")
+        except Exception:
+            pass  # no transaction was open
 
     async def ping(self) -> bool:
         try:

@@ -10,7 +10,7 @@ import asyncio
 import random
 import shutil
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,6 +72,8 @@ class Supervisor:
         self.last_health: dict[str, Any] | None = None
         self.running = False
         self.broken: str | None = None
+        self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
+        self.version = 0  # bumped on every published change; caches key on it
 
     # ---- lifecycle ----
 
@@ -94,6 +96,10 @@ class Supervisor:
             if t.engine not in self.engines:
                 logger.bind(tenant=t.id).error("unknown engine {!r}; tenant left idle", t.engine)
                 continue
+            if t.state not in IDLE and t.state is not State.BANNED:
+                # Until its connect succeeds, a restored tenant is not "connected", whatever it
+                # was when the daemon stopped (in memory only: the row keeps the last truth).
+                t.state, t.state_since_ms = State.CONNECTING, self.clock.now_ms()
             runner = Runner(self, t)
             self.runners[t.id] = runner
             runner.spawn("restore")
@@ -174,6 +180,8 @@ class Supervisor:
                 "action": ACTIONS.get(t.state, "the client was rebuilt; watch for repeats")},
                 t.state_since_ms)
         await self.store.save_state(t, rows)
+        if rows:
+            self.kick()
         self.publish({"type": "state", "tenant": t.id, "data": data})
 
     async def zombie(self, r: Runner, silent_s: float) -> None:
@@ -184,8 +192,10 @@ class Supervisor:
                 "action": "the client was rebuilt; if it repeats, check the network"}
         await self.store.append_outbox(
             outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms()))
+        self.kick()
 
     def publish(self, event: dict[str, Any]) -> None:
+        self.version += 1
         for q in list(self.listeners):
             try:
                 q.put_nowait(event)

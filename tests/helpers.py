@@ -1,0 +1,78 @@
+"""Shared test helpers: waiting on conditions, building apps on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from oxyd import app as oxyd_app
+from oxyd.clock import FakeClock, settle
+from oxyd.config import Config, load
+from oxyd.simulator import SimulatorEngine
+
+
+async def until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> None:
+    """Wait for `cond()` to be truthy, polling, with a real-time deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = cond()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
+        await asyncio.sleep(0.005)
+
+
+def sync_until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
+        time.sleep(0.01)
+
+
+def config(tmp_path: Path, **env: str) -> Config:
+    base = {"OXYD_DATA_DIR": str(tmp_path / "data")}
+    base.update({k if k.startswith("OXYD_") else "OXYD_" + k.upper(): v for k, v in env.items()})
+    return load(env=base)
+
+
+async def make_app(cfg: Config, clock=None, extra_engines=None):
+    clock = clock or FakeClock()
+    engines = {"simulator": SimulatorEngine(cfg.data_dir, cfg.simulator, clock)}
+    engines.update(extra_engines or {})
+    app = await oxyd_app.build(cfg, clock, engines)
+    await oxyd_app.start(app)
+    return app
+
+
+async def advance(clock: FakeClock, total_s: float, step_s: float = 1.0) -> None:
+    """Advance the fake clock in steps, letting real I/O (SQLite threads) finish between."""
+    done = 0.0
+    while done < total_s:
+        step = min(step_s, total_s - done)
+        await clock.advance(step)
+        done += step
+        await settle()
+        await asyncio.sleep(0.002)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def oxyd_env(data_dir: Path, port: int, token: str = "test-admin-token-0123456789",
+             **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OXYD_")}
+    env.update({"OXYD_DATA_DIR": str(data_dir), "OXYD_HTTP_PORT": str(port),
+                "OXYD_ADMIN_TOKEN": token, "OXYD_LOG_LEVEL": "INFO"})
+    env.update(extra)
+    return env
