@@ -24,10 +24,6 @@ from oxyd.http import make_app
 from oxyd.runner import ACTIONS
 from oxyd.simulator import SimulatorEngine
 
-# aiohttp 3.14 warns on str request keys; http.py's TOKEN_TENANT is one until it becomes a
-# web.RequestKey (reported to the integrator). Remove this once it is.
-pytestmark = pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
-
 
 async def until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
