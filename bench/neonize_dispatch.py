@@ -16,9 +16,18 @@ import asyncio
 import ctypes
 import logging
 import pathlib
+import sys
 import tempfile
 import threading
 import time
+
+# Running `python bench/x.py` puts bench/ first on sys.path, where bench/http.py shadows the
+# stdlib http package that neonize's imports need.
+if (
+    sys.path
+    and pathlib.Path(sys.path[0] or ".").resolve() == pathlib.Path(__file__).resolve().parent
+):
+    sys.path.pop(0)
 
 from oxyd import model
 from oxyd.neonize_engine import NeonizeEngine, import_neonize, process_resources

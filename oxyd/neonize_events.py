@@ -236,8 +236,6 @@ def message_from_event(ev: Any, *, own_jid: str | None = None) -> Message | None
     kind, text, media, ref_id = content(ev.Message)
     if kind is None:
         return None
-    if kind == "text" and info.Edit and ev.IsEdit:
-        kind = "edit"
     raw_sender = jid_str(src.Sender)
     sender, sender_alt = _pick_phone(raw_sender, jid_str(src.SenderAlt))
     raw_chat = jid_str(src.Chat)
