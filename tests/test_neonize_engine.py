@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import sqlite3
 import sys
 import threading
@@ -22,6 +23,11 @@ npb = pytest.importorskip("neonize.proto.Neonize_pb2")
 e2e = pytest.importorskip("neonize.proto.waE2E.WAWebProtobufsE2E_pb2")
 
 ANN = "4915111111111@s.whatsapp.net"
+# ~2 min here (this sandbox's DNS stalls 5 s now and then): opt in with OXYD_SLOW_TESTS=1.
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("OXYD_SLOW_TESTS"), reason="set OXYD_SLOW_TESTS=1"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -180,9 +186,7 @@ async def cycle(client, got, cycles: int):
         await client.stop()
 
 
-@pytest.mark.parametrize(
-    "cycles", [pytest.param(3, id="3"), pytest.param(50, id="50", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("cycles", [pytest.param(3, id="3"), pytest.param(50, id="50", marks=SLOW)])
 async def test_many_clients_start_and_stop_through_the_gate(tmp_path, tid, cycles):
     engine = NeonizeEngine(tmp_path, max_tenants=20)
     # This sandbox's DNS sometimes drops a query (Go then waits 5 s): hold the gate for the
