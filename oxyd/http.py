@@ -25,7 +25,8 @@ from oxyd.supervisor import TenantError
 APP: web.AppKey[App] = web.AppKey("oxyd_app", App)
 # Open to anyone: probes for load balancers and systemd, and the API description (it holds no
 # data, and tools such as schemathesis or Swagger UI read it before they have a token).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+# The status page itself holds no data: it asks for a token and sends it on every call.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v1/openapi.json"})
 # Set by the auth middleware: None for the admin, else the tenant id the token belongs to.
 TOKEN_TENANT: web.RequestKey[str | None] = web.RequestKey("oxyd_token_tenant", str)
 # Tokens are url-safe base64; anything longer or odder is refused before hashing or a query.
@@ -108,7 +109,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     # (openapi.json), and a client debugging a typo deserves the real reason.
     if isinstance(request.match_info.route, SystemRoute):
         return await handler(request)
-    if request.path in OPEN_PATHS or request.method == "OPTIONS" or request.path == "/":
+    if request.path in OPEN_PATHS or request.method == "OPTIONS":
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -290,6 +291,9 @@ def make_app(app: App) -> web.Application:
     web_app[metrics.METRICS] = registry
     web_app[routes.LIST_CACHE] = list_cache
     web_app.add_routes(routes.table)
+    from oxyd import page  # page.py imports APP from here
+
+    page.setup(web_app)  # GET /, GET /v1/events, and ends event streams at shutdown
     web_app.add_routes(routes_data.table)
     web_app.add_routes(metrics.table)
     web_app.add_routes(openapi.table)

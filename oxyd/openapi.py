@@ -459,6 +459,47 @@ def paths() -> dict[str, Any]:
                 reads_body=True,
             ),
         },
+        "/": {
+            "get": _op(
+                "The status page (HTML; it asks for a token and sends it as a Bearer header)",
+                200,
+                {"description": "HTML", "content": {"text/html": {"schema": STR}}},
+                (),
+                tenant=False,
+                open_=True,
+            )
+        },
+        "/v1/events": {
+            "get": _op(
+                "Live state and pairing updates as Server-Sent Events (a tenant token gets its"
+                " own tenant only)",
+                200,
+                {"description": "SSE stream", "content": {"text/event-stream": {"schema": STR}}},
+                (),
+                tenant=False,
+            )
+        },
+        "/v1/backups": {
+            "get": _op(
+                "Encrypted backups in the data directory, newest first",
+                200,
+                _json(
+                    _obj({"backups": {"type": "array", "items": {"type": "object"}}}, ("backups",))
+                ),
+                (),
+                tenant=False,
+                admin=True,
+            ),
+            "post": _op(
+                "Take an encrypted backup now (needs OXYD_BACKUP_KEY or backup.key_file)",
+                201,
+                _json(_obj({"name": STR}, ("name",))),
+                (409,),
+                tenant=False,
+                admin=True,
+                reads_body=True,
+            ),
+        },
         "/v1/health": {
             "get": _op(
                 "The last health sweep",

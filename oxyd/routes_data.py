@@ -154,10 +154,14 @@ async def set_webhook(request: web.Request, tid: str, hook: dict[str, Any]) -> N
         tid, hook["url"], hook["secret"], hook["events"], app.clock.now_ms()
     )
     app.subs.set_tenant(tid, hook["events"])
+    await _webhook_changed(app, tid)
+
+
+async def _webhook_changed(app: Any, tid: str) -> None:
     dispatcher = app.extras.get("webhooks")
-    changed = getattr(dispatcher, "webhook_changed", None)
-    if changed is not None:
-        changed(tid)  # events waiting on the old address go to the new one now
+    if dispatcher is not None:
+        # Events waiting on the old address go to the new one now (or die if it is gone).
+        await dispatcher.webhook_changed(tid)
 
 
 def _webhook_json(hook: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +195,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     if not await app.store.delete_webhook(tid):
         raise ApiError(404, "webhook_not_found", "this tenant has no webhook")
     app.subs.remove_tenant(tid)
+    await _webhook_changed(app, tid)
     return ok({"deleted": True})
 
 

@@ -62,8 +62,9 @@ async def test_failed_connects_back_off_exponentially_and_reset_only_when_stable
     r = app.supervisor.runners["t1"]
     waits = []
     for attempt in range(4):
-        await until(lambda: r.t.state is State.BACKOFF and r.t.failures == attempt + 1,
-                    what=f"backoff #{attempt + 1}")
+        # ...and its timer armed: advancing before that would not wake it
+        await until(lambda: r.t.state is State.BACKOFF and r.t.failures == attempt + 1
+                    and clock.sleepers >= 1, what=f"backoff #{attempt + 1}")
         wait_s = (r.t.next_attempt_ms - clock.now_ms()) / 1000
         waits.append(wait_s)
         nominal = 2.0 * 2**attempt
@@ -133,7 +134,7 @@ async def test_ban_is_retried_once_after_expiry(env):
     await add_connected(app)
     connects = app.supervisor.gate.total
     await sim(app, "t1", action="ban", expire_s=100)
-    await until(lambda: state(app, "t1") is State.BANNED, what="banned")
+    await until(lambda: state(app, "t1") is State.BANNED and clock.sleepers >= 1, what="banned")
     r = app.supervisor.runners["t1"]
     assert r.t.next_attempt_ms == r.t.ban_expires_ms
     await advance(clock, 90, step_s=10)
@@ -147,7 +148,7 @@ async def test_a_second_ban_right_after_expiry_parks(env):
     app, clock = env
     await add_connected(app)
     await sim(app, "t1", action="ban", expire_s=10)
-    await until(lambda: state(app, "t1") is State.BANNED)
+    await until(lambda: state(app, "t1") is State.BANNED and clock.sleepers >= 1)
     await advance(clock, 11, step_s=1)
     await until(lambda: state(app, "t1") is State.CONNECTED)
     await sim(app, "t1", action="ban", expire_s=10)
