@@ -41,7 +41,7 @@ class App:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def make_engines(cfg: Config, clock: Clock) -> dict[str, Engine]:
+def make_engines(cfg: Config, clock: Clock, neonize_tenants: int = 0) -> dict[str, Engine]:
     engines: dict[str, Engine] = {"simulator": SimulatorEngine(cfg.data_dir, cfg.simulator, clock)}
     try:
         from oxyd.neonize_engine import NeonizeEngine
@@ -79,7 +79,9 @@ async def build(
     writer = Writer(
         store, clock, subs, batch_max=cfg.store.batch_max, queue_max=cfg.store.queue_max
     )
-    engines = engines if engines is not None else make_engines(cfg, clock)
+    if engines is None:
+        n = sum(t.engine == "neonize" for t in await store.tenants())
+        engines = make_engines(cfg, clock, n)
     sup = Supervisor(cfg, store, writer, subs, clock, engines)
     writer._on_commit = sup.on_stored
     disp = Dispatcher(store, cfg.webhooks, clock)

@@ -17,26 +17,32 @@ TOKEN = "e2e-admin-token-0123456789"
 
 
 class Daemon:
-    def __init__(self, data_dir, port=None):
+    def __init__(self, data_dir, port=None, **env):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.proc = None
+        self.env = env
 
     def start(self):
         if getattr(self, "log", None) is not None:
             self.log.close()
         self.log = open(self.data_dir.parent / f"oxyd-{self.port}-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "oxyd", "run"],
-                                     env=oxyd_env(self.data_dir, self.port, TOKEN),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oxyd", "run"],
+            env=oxyd_env(self.data_dir, self.port, TOKEN, **self.env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         sync_until(lambda: self.get("/healthz")[0] == 200, 20, "daemon up")
         return self
 
     def call(self, method, path, body=None):
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, json.loads(r.read() or b"null")
@@ -82,9 +88,11 @@ def test_probes_and_sigterm_drains_every_queued_row(daemon):
     assert code == 200 and body["status"] == "ready"
     assert daemon.call("POST", "/v1/tenants", {"id": "a", "engine": "simulator"})[0] == 201
     sync_until(lambda: daemon.states().get("a") == "connected", 10)
-    code, body = daemon.call("POST", "/v1/tenants/a/simulate",
-                             {"action": "message", "chat": "15551234567", "text": "x",
-                              "count": 20000})
+    code, body = daemon.call(
+        "POST",
+        "/v1/tenants/a/simulate",
+        {"action": "message", "chat": "15551234567", "text": "x", "count": 20000},
+    )
     assert code == 202, body
     started = time.monotonic()
     assert daemon.stop() == 0  # SIGTERM right away: whatever is queued must reach the disk
@@ -102,21 +110,29 @@ def test_restart_restores_paired_tenants_and_keeps_parked_ones_parked(daemon):
     daemon.call("POST", "/v1/tenants/b/simulate", {"action": "replace"})
     daemon.call("POST", "/v1/tenants/c/simulate", {"action": "logout"})
     daemon.call("POST", "/v1/tenants/d/stop")
-    sync_until(lambda: daemon.states() == {"a": "connected", "b": "conflict",
-                                            "c": "logged_out", "d": "stopped"}, 10)
+    sync_until(
+        lambda: (
+            daemon.states()
+            == {"a": "connected", "b": "conflict", "c": "logged_out", "d": "stopped"}
+        ),
+        10,
+    )
     daemon.kill()  # SIGKILL: no goodbye
     daemon.start()
     sync_until(lambda: daemon.states().get("a") == "connected", 10, "a back")
-    assert daemon.states() == {"a": "connected", "b": "conflict", "c": "logged_out",
-                               "d": "stopped"}
+    assert daemon.states() == {"a": "connected", "b": "conflict", "c": "logged_out", "d": "stopped"}
     code, tenant = daemon.get("/v1/tenants/b")
     assert tenant["last_error"]  # the reason survives the restart
     assert daemon.stop() == 0
 
 
 def test_bad_config_exits_78(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "oxyd", "run"], capture_output=True, text=True,
-                       env=oxyd_env(tmp_path / "d", 0, TOKEN, OXYD_HTTP_PORT="99999"),
-                       timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "oxyd", "run"],
+        capture_output=True,
+        text=True,
+        env=oxyd_env(tmp_path / "d", 0, TOKEN, OXYD_HTTP_PORT="99999"),
+        timeout=30,
+    )
     assert r.returncode == 78
     assert "http.port" in r.stderr
