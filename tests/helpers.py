@@ -69,10 +69,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def oxyd_env(data_dir: Path, port: int, token: str = "test-admin-token-0123456789",
-             **extra: str) -> dict[str, str]:
+def oxyd_env(
+    data_dir: Path, port: int, token: str = "test-admin-token-0123456789", **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXYD_")}
-    env.update({"OXYD_DATA_DIR": str(data_dir), "OXYD_HTTP_PORT": str(port),
-                "OXYD_ADMIN_TOKEN": token, "OXYD_LOG_LEVEL": "INFO"})
+    env.update(
+        {
+            "OXYD_DATA_DIR": str(data_dir),
+            "OXYD_HTTP_PORT": str(port),
+            "OXYD_ADMIN_TOKEN": token,
+            "OXYD_LOG_LEVEL": "INFO",
+        }
+    )
     env.update(extra)
     return env

@@ -65,14 +65,22 @@ def test_missing_file_is_an_error(tmp_path):
 def test_bad_config_exits_78_and_check_config_masks_secrets(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("http:\n  port: 0\n")
-    r = subprocess.run([sys.executable, "-m", "oxyd", "--config", str(bad), "check-config"],
-                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-m", "oxyd", "--config", str(bad), "check-config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == EXIT_CONFIG
     assert "http.port" in r.stderr
     good = tmp_path / "good.yaml"
     good.write_text("webhooks:\n  url: https://example.test/h\n  secret: s3cr3t-value-xyz\n")
-    r = subprocess.run([sys.executable, "-m", "oxyd", "--config", str(good), "check-config"],
-                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-m", "oxyd", "--config", str(good), "check-config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
     assert "s3cr3t-value-xyz" not in r.stdout
     assert '"secret": "***"' in r.stdout

@@ -90,7 +90,7 @@ def test_backup_while_ingesting_then_restore_resumes_without_pairing(tmp_path):
     try:
         d2.start()
         sync_until(lambda: d2.states() == {"a": "connected", "b": "conflict"}, 10, "restored")
-        code, tenant = d2.get("/v1/tenants/a")
+        _code, tenant = d2.get("/v1/tenants/a")
         assert tenant["messages_stored"] == snapshot
         assert d2.stop() == 0
     finally:

@@ -121,7 +121,7 @@ def test_restart_restores_paired_tenants_and_keeps_parked_ones_parked(daemon):
     daemon.start()
     sync_until(lambda: daemon.states().get("a") == "connected", 10, "a back")
     assert daemon.states() == {"a": "connected", "b": "conflict", "c": "logged_out", "d": "stopped"}
-    code, tenant = daemon.get("/v1/tenants/b")
+    _code, tenant = daemon.get("/v1/tenants/b")
     assert tenant["last_error"]  # the reason survives the restart
     assert daemon.stop() == 0
 

@@ -12,10 +12,16 @@ from oxyd.clock import FakeClock
 from oxyd.engine import EngineError
 from oxyd.model import State
 
-FAST = {"SUPERVISOR_HEARTBEAT_S": "10", "SUPERVISOR_ZOMBIE_AFTER_S": "60",
-        "SUPERVISOR_STABLE_AFTER_S": "60", "SUPERVISOR_BACKOFF_BASE_S": "2",
-        "SUPERVISOR_BACKOFF_CAP_S": "300", "SUPERVISOR_MAX_FAILURES": "10",
-        "SUPERVISOR_RECONNECT_TIMEOUT_S": "120", "SUPERVISOR_CONNECT_TIMEOUT_S": "30"}
+FAST = {
+    "SUPERVISOR_HEARTBEAT_S": "10",
+    "SUPERVISOR_ZOMBIE_AFTER_S": "60",
+    "SUPERVISOR_STABLE_AFTER_S": "60",
+    "SUPERVISOR_BACKOFF_BASE_S": "2",
+    "SUPERVISOR_BACKOFF_CAP_S": "300",
+    "SUPERVISOR_MAX_FAILURES": "10",
+    "SUPERVISOR_RECONNECT_TIMEOUT_S": "120",
+    "SUPERVISOR_CONNECT_TIMEOUT_S": "30",
+}
 
 
 @pytest.fixture
@@ -63,8 +69,12 @@ async def test_failed_connects_back_off_exponentially_and_reset_only_when_stable
     waits = []
     for attempt in range(4):
         # ...and its timer armed: advancing before that would not wake it
-        await until(lambda: r.t.state is State.BACKOFF and r.t.failures == attempt + 1
-                    and clock.sleepers >= 1, what=f"backoff #{attempt + 1}")
+        await until(
+            lambda n=attempt + 1: (
+                r.t.state is State.BACKOFF and r.t.failures == n and clock.sleepers >= 1
+            ),
+            what=f"backoff #{attempt + 1}",
+        )
         wait_s = (r.t.next_attempt_ms - clock.now_ms()) / 1000
         waits.append(wait_s)
         nominal = 2.0 * 2**attempt
@@ -81,11 +91,14 @@ async def test_failed_connects_back_off_exponentially_and_reset_only_when_stable
     await until(lambda: r.t.failures == 0, what="reset after stable period")
 
 
-@pytest.mark.parametrize(("action", "parked", "extra"), [
-    ("logout", State.LOGGED_OUT, {}),
-    ("replace", State.CONFLICT, {}),
-    ("outdated", State.OUTDATED, {}),
-])
+@pytest.mark.parametrize(
+    ("action", "parked", "extra"),
+    [
+        ("logout", State.LOGGED_OUT, {}),
+        ("replace", State.CONFLICT, {}),
+        ("outdated", State.OUTDATED, {}),
+    ],
+)
 async def test_terminal_reasons_park_with_no_further_attempt(env, action, parked, extra):
     app, clock = env
     app.subs.set_tenant("t1", None)
@@ -99,7 +112,8 @@ async def test_terminal_reasons_park_with_no_further_attempt(env, action, parked
     row = await app.store.tenant("t1")
     assert row.state is parked and row.last_error
     async with app.store.ro.execute(
-            "SELECT count(*) FROM outbox WHERE type = ?", (f"alert.{parked.value}",)) as cur:
+        "SELECT count(*) FROM outbox WHERE type = ?", (f"alert.{parked.value}",)
+    ) as cur:
         assert (await cur.fetchone())[0] == 1
     # an operator's start leaves the parked state (logout needs a new pairing first)
     out = await app.supervisor.start_tenant("t1")
@@ -177,9 +191,11 @@ async def test_zombie_is_detected_and_rebuilt(env):
 async def test_library_reconnect_that_lasts_too_long_is_rebuilt(tmp_path):
     clock = FakeClock()
     # The library's own reconnect takes 100 s here, longer than reconnect_timeout_s (60 s).
-    cfg = config(tmp_path, **{**FAST, "SUPERVISOR_CONNECT_TIMEOUT_S": "200",
-                              "SUPERVISOR_RECONNECT_TIMEOUT_S": "60"},
-                 SIMULATOR_CONNECT_LATENCY_MS="100000")
+    cfg = config(
+        tmp_path,
+        **{**FAST, "SUPERVISOR_CONNECT_TIMEOUT_S": "200", "SUPERVISOR_RECONNECT_TIMEOUT_S": "60"},
+        SIMULATOR_CONNECT_LATENCY_MS="100000",
+    )
     app = await make_app(cfg, clock)
     try:
         await app.supervisor.add("t1", "simulator")
@@ -193,14 +209,16 @@ async def test_library_reconnect_that_lasts_too_long_is_rebuilt(tmp_path):
         await advance(clock, 50, step_s=10)
         assert state(app, "t1") is State.RECONNECTING
         await advance(clock, 15, step_s=5)
-        await until(lambda: state(app, "t1") in (State.BACKOFF, State.CONNECTING),
-                    what="rebuilt after reconnect timeout")
+        await until(
+            lambda: state(app, "t1") in (State.BACKOFF, State.CONNECTING),
+            what="rebuilt after reconnect timeout",
+        )
     finally:
         await oxyd_app.stop(app)
 
 
 async def test_disconnect_is_the_librarys_reconnect_not_ours(env):
-    app, clock = env
+    app, _clock = env
     await add_connected(app)
     connects = app.supervisor.gate.total
     await sim(app, "t1", action="disconnect")
@@ -211,8 +229,9 @@ async def test_disconnect_is_the_librarys_reconnect_not_ours(env):
 
 async def test_connects_in_flight_never_exceed_the_limit(tmp_path):
     clock = FakeClock()
-    cfg = config(tmp_path, **FAST, SUPERVISOR_CONNECT_CONCURRENCY="5",
-                 SIMULATOR_CONNECT_LATENCY_MS="1000")
+    cfg = config(
+        tmp_path, **FAST, SUPERVISOR_CONNECT_CONCURRENCY="5", SIMULATOR_CONNECT_LATENCY_MS="1000"
+    )
     app = await make_app(cfg, clock)
     try:
         for i in range(100):
@@ -234,6 +253,7 @@ class BrokenClient:
     def __getattr__(self, name):
         async def fail(*a, **k):
             raise RuntimeError(f"{name} exploded")
+
         return fail
 
 
@@ -270,7 +290,7 @@ async def test_one_failing_tenant_never_touches_the_others(tmp_path):
 
 
 async def test_messages_reach_the_store_in_order_per_tenant(env):
-    app, clock = env
+    app, _clock = env
     await add_connected(app)
     await sim(app, "t1", action="message", chat="123456", text="m", count=500)
     await until(lambda: app.writer.stats.stored == 500)
@@ -281,7 +301,7 @@ async def test_messages_reach_the_store_in_order_per_tenant(env):
 
 
 async def test_history_sync_records_processed_and_stored(env):
-    app, clock = env
+    app, _clock = env
     await add_connected(app)
     await sim(app, "t1", action="history", chats=3, messages=10)
     await sim(app, "t1", action="history", chats=4, messages=10)  # overlaps the first
@@ -306,7 +326,7 @@ async def test_pairing_after_logout_shows_a_qr_then_connects(env):
 
 
 async def test_health_sweep_counts_and_restarts_a_dead_task(env):
-    app, clock = env
+    app, _clock = env
     await add_connected(app, "a")
     await add_connected(app, "b")
     await sim(app, "b", action="replace")
@@ -334,7 +354,8 @@ async def test_restore_brings_back_paired_tenants_and_leaves_parked_ones(tmp_pat
     # a folder without a row is adopted; a tenant whose device store vanished is "new"
     (cfg.data_dir / "tenants" / "adopted").mkdir()
     (cfg.data_dir / "tenants" / "adopted" / "simulator.json").write_text(
-        '{"paired": true, "jid": "1@s.whatsapp.net"}')
+        '{"paired": true, "jid": "1@s.whatsapp.net"}'
+    )
     (cfg.data_dir / "tenants" / "c" / "simulator.json").write_text('{"paired": false}')
     app = await make_app(cfg, FakeClock())
     try:
@@ -367,9 +388,13 @@ async def test_send_rate_limit_and_not_connected(env):
 async def test_unknown_simulate_action_is_an_error(env):
     app, _ = env
     await add_connected(app)
-    for bad in ({"action": "nope"}, {"action": "message", "chat": "1"},
-                {"action": "message", "chat": "1", "text": "x", "count": "2"},
-                {"action": "ban"}, {"action": "message", "chat": "1", "text": "x", "zz": 1}):
+    for bad in (
+        {"action": "nope"},
+        {"action": "message", "chat": "1"},
+        {"action": "message", "chat": "1", "text": "x", "count": "2"},
+        {"action": "ban"},
+        {"action": "message", "chat": "1", "text": "x", "zz": 1},
+    ):
         with pytest.raises(ValueError):
             await app.supervisor.simulate("t1", bad)
     assert isinstance(EngineError("x"), Exception) and m.State.NEW

@@ -11,8 +11,15 @@ from oxyd.store import Store
 
 
 def msg(i, chat="c1@s.whatsapp.net", ms=None, **kw):
-    return Message(wa_id=f"W{i}", chat=chat, sender=chat, from_me=False,
-                   sent_at_ms=ms if ms is not None else 1000 + i, text=f"t{i}", **kw)
+    return Message(
+        wa_id=f"W{i}",
+        chat=chat,
+        sender=chat,
+        from_me=False,
+        sent_at_ms=ms if ms is not None else 1000 + i,
+        text=f"t{i}",
+        **kw,
+    )
 
 
 async def open_writer(tmp_path, **kw):
@@ -41,8 +48,12 @@ async def test_duplicates_are_noops_and_distinct_messages_all_land(tmp_path):
     await w.flush()
     assert await count(store, "SELECT count(*) FROM messages") == 52
     assert w.stats.duplicates == 50
-    assert await count(store, "SELECT message_count FROM chats WHERE jid='c1@s.whatsapp.net'"
-                       " AND tenant='a'") == 50
+    assert (
+        await count(
+            store, "SELECT message_count FROM chats WHERE jid='c1@s.whatsapp.net' AND tenant='a'"
+        )
+        == 50
+    )
     assert await count(store, "SELECT messages_stored FROM tenant_counts WHERE tenant='a'") == 51
     # One webhook row per stored message, none for duplicates (tenant b has no webhook).
     assert await count(store, "SELECT count(*) FROM outbox WHERE type='message.received'") == 51
@@ -114,15 +125,21 @@ async def test_a_refused_item_is_isolated_and_the_rest_is_stored(tmp_path):
 
 async def test_receipts_chats_contacts_and_history_counts(tmp_path):
     store, w = await open_writer(tmp_path)
-    sent = Message(wa_id="S1", chat="c1@s.whatsapp.net", sender="me@s.whatsapp.net",
-                   from_me=True, sent_at_ms=10, text="hi")
+    sent = Message(
+        wa_id="S1",
+        chat="c1@s.whatsapp.net",
+        sender="me@s.whatsapp.net",
+        from_me=True,
+        sent_at_ms=10,
+        text="hi",
+    )
     await w.put("a", sent, sent=True)
     await w.put("a", msg(1, push_name="Alice"))
     await w.put("a", Receipt("c1@s.whatsapp.net", "c1@s.whatsapp.net", ("S1",), "delivered", 20))
     await w.put("a", Receipt("c1@s.whatsapp.net", "c1@s.whatsapp.net", ("S1",), "read", 30))
     # An older receipt arriving late never moves the status backwards.
     await w.put("a", Receipt("c1@s.whatsapp.net", "c1@s.whatsapp.net", ("S1",), "delivered", 40))
-    hist = tuple(msg(i, from_history=True) for i in range(5)) + (msg(1),)
+    hist = (*tuple(msg(i, from_history=True) for i in range(5)), msg(1))
     await w.put("a", HistorySync("RECENT", 1, hist, (("c1@s.whatsapp.net", "Alice chat"),)))
     await w.flush()
     m = await store.message_by_wa_id("a", "S1")
