@@ -291,18 +291,12 @@ async def replay(store: Store, destination: str, now_ms: int) -> int:
 async def prune(store: Store, before_ms: int, batch: int = 5000) -> int:
     """Delete delivered rows finished before `before_ms`, in small transactions so the
     writer is never held up for long. Pending and dead rows are never pruned."""
-    total = 0
-    while True:
-        async with store.tx() as db:
-            cur = await db.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                " WHERE status='delivered' AND done_at_ms < ? LIMIT ?)",
-                (before_ms, batch),
-            )
-            n = cur.rowcount
-        total += n
-        if n < batch:
-            return total
+    return await store.delete_in_batches(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+        " WHERE status='delivered' AND done_at_ms < ? LIMIT ?)",
+        (before_ms,),
+        batch,
+    )
 
 
 async def counts(ro: aiosqlite.Connection) -> dict[str, int]:

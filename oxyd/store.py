@@ -420,16 +420,20 @@ class Store:
     # ---- retention ----
 
     async def prune_messages(self, before_ms: int, batch: int = 5000) -> int:
-        """Deletes in small transactions so the writer is never held up for long."""
+        return await self.delete_in_batches(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+            " WHERE sent_at_ms < ? LIMIT ?)",
+            (before_ms,),
+            batch,
+        )
+
+    async def delete_in_batches(self, sql: str, args: tuple, batch: int = 5000) -> int:
+        """Run a `... LIMIT ?` delete until it deletes fewer than `batch` rows, each in its own
+        small transaction so the writer is never held up for long."""
         total = 0
         while True:
             async with self.tx() as db:
-                cur = await db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
-                    " WHERE sent_at_ms < ? LIMIT ?)",
-                    (before_ms, batch),
-                )
-                n = cur.rowcount
+                n = (await db.execute(sql, (*args, batch))).rowcount
             total += n
             if n < batch:
                 return total

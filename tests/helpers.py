@@ -15,15 +15,15 @@ from oxyd.config import Config, load
 from oxyd.simulator import SimulatorEngine
 
 
-async def until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> None:
-    """Wait for `cond()` to be truthy, polling, with a real-time deadline."""
+async def until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> object:
+    """Wait for `cond()` to be truthy, polling, with a real-time deadline; returns its value."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = cond()
         if asyncio.iscoroutine(result):
             result = await result
         if result:
-            return
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
         await asyncio.sleep(0.005)

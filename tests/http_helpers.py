@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import until
 
 from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
@@ -28,18 +26,6 @@ def config(tmp_path: Path, **env: str):
     return load(env={**base, **env})
 
 
-async def until(cond: Callable[[], Any], deadline_s: float = 5.0, step_s: float = 0.01) -> Any:
-    """Poll `cond` (sync or async) until truthy; fail with a clear message at the deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        out = cond()
-        if isinstance(out, Awaitable):
-            out = await out
-        if out:
-            return out
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline_s}s")
-        await asyncio.sleep(step_s)
 
 
 class Harness:

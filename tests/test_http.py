@@ -226,7 +226,7 @@ async def test_rate_limit_429_and_recovery(tmp_path, monkeypatch):
             r = await h.req("POST", "/v1/tenants/shop/messages", json=body)
             return r.status == 202
 
-        await until(recovered, deadline_s=5, step_s=0.05)  # 600/min: a token every 0.1 s
+        await until(recovered, timeout_s=5)  # 600/min: a token every 0.1 s
     finally:
         await h.close()
 

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+from helpers import until
 
 from oxyd import model
 from oxyd.engine import Client, Engine, EngineError, NotConnected
@@ -46,12 +47,6 @@ def tid():
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-async def until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def no_paired_check() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import inspect
 import json
 import re
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import until
 
 from oxyd import app as oxyd_app
 from oxyd import page
@@ -23,19 +23,6 @@ from oxyd.config import load
 from oxyd.http import make_app
 from oxyd.runner import ACTIONS
 from oxyd.simulator import SimulatorEngine
-
-
-async def until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = cond()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return ok
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

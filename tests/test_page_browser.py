@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
 import itertools
 import json
 import os
@@ -19,12 +18,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers import until
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +36,6 @@ CHROMIUM = next(
 )
 
 
-async def until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = cond()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return ok
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import until
 from loguru import logger
 
 from oxyd import outbox
@@ -36,17 +37,6 @@ def readme_verify() -> Callable[..., bool]:
     return scope["verify"]
 
 
-async def until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = cond()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Receiver:
