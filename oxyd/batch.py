@@ -129,7 +129,11 @@ class Writer:
         self._seq += 1
         item = Item(tenant, payload, sent, self.clock.monotonic(), self._seq)
         self.pending_by_tenant[tenant] += 1
-        await self.queue.put(item)
+        try:
+            await self.queue.put(item)
+        except BaseException:
+            self.pending_by_tenant[tenant] -= 1
+            raise
 
     async def flush(self) -> None:
         """Returns once everything put before this call is committed."""

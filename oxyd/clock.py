@@ -52,10 +52,12 @@ class FakeClock:
     def sleepers(self) -> int:
         return sum(1 for _, _, fut in self._sleepers if not fut.done())
 
-    async def sleep(self, delay_s: float) -> None:
+    def sleep(self, delay_s: float) -> asyncio.Future[None]:
+        # A plain function, not a coroutine: the deadline is fixed when sleep() is called, not
+        # when a task wrapping it first runs (the test may have advanced time in between).
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + max(0.0, delay_s), next(self._seq), fut))
-        await fut
+        return fut
 
     async def advance(self, delta_s: float) -> None:
         """Move time forward, waking every sleeper whose deadline passes, in order, and

@@ -117,7 +117,7 @@ class Runner:
             if self.t.state is State.BANNED and self.t.ban_expires_ms:
                 wait_s = (self.t.ban_expires_ms - self.sup.clock.now_ms()) / 1000
                 self.t.next_attempt_ms = self.t.ban_expires_ms
-                await self._idle(wait_s)
+                await self._idle_until(self.sup.clock.monotonic() + wait_s)
                 after_ban = True
             try:
                 try:
@@ -144,16 +144,25 @@ class Runner:
                 after_ban = False
                 self.t.failures += 1
                 if self.t.failures >= cfg.max_failures:
-                    await self.park(State.FAILED,
-                                    f"{self.t.failures} failed attempts in a row; last: {end}")
+                    await self.park(
+                        State.FAILED, f"{self.t.failures} failed attempts in a row; last: {end}"
+                    )
                     return
-                delay = backoff.delay_s(self.t.failures - 1, cfg.backoff_base_s,
-                                        cfg.backoff_cap_s, self.sup.rng)
+                delay = backoff.delay_s(
+                    self.t.failures - 1, cfg.backoff_base_s, cfg.backoff_cap_s, self.sup.rng
+                )
+                # One instant for both: the wait includes the time spent persisting the state.
+                wake_at = self.sup.clock.monotonic() + delay
                 self.t.next_attempt_ms = self.sup.clock.now_ms() + int(delay * 1000)
                 await self.set(State.BACKOFF, end.reason)
-                self.log.warning("{}; next attempt in {:.1f}s (failure {} of {})", end,
-                                 delay, self.t.failures, cfg.max_failures)
-                await self._idle(delay)
+                self.log.warning(
+                    "{}; next attempt in {:.1f}s (failure {} of {})",
+                    end,
+                    delay,
+                    self.t.failures,
+                    cfg.max_failures,
+                )
+                await self._idle_until(wake_at)
 
     async def _attempt(self) -> m.Connected:
         cfg = self.sup.cfg.supervisor
@@ -209,13 +218,18 @@ class Runner:
                     if reconnecting_since is None and now - alive >= cfg.zombie_after_s:
                         await self.sup.zombie(self, now - alive)
                         raise _Ended(f"zombie: no sign of life for {now - alive:.0f}s")
-                if (reconnecting_since is None and self.t.failures
-                        and now - connected_at >= cfg.stable_after_s):
+                if (
+                    reconnecting_since is None
+                    and self.t.failures
+                    and now - connected_at >= cfg.stable_after_s
+                ):
                     # Reset only after a real stable period, never on a bare "connected".
                     self.t.failures = 0
-                    await self.set(State.CONNECTED, None)
-                if (reconnecting_since is not None
-                        and now - reconnecting_since >= cfg.reconnect_timeout_s):
+                    await self.set(State.CONNECTED, None, force=True)
+                if (
+                    reconnecting_since is not None
+                    and now - reconnecting_since >= cfg.reconnect_timeout_s
+                ):
                     raise _Ended(f"library reconnecting for over {cfg.reconnect_timeout_s:g}s")
                 continue
             if isinstance(ev, m.Connected):
@@ -249,8 +263,9 @@ class Runner:
 
     async def _heartbeat(self) -> bool:
         try:
-            return bool(await self.sup.bounded(self.client.heartbeat(),
-                                               self.sup.cfg.supervisor.heartbeat_s))
+            return bool(
+                await self.sup.bounded(self.client.heartbeat(), self.sup.cfg.supervisor.heartbeat_s)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -298,10 +313,15 @@ class Runner:
         clock = self.sup.clock
         while True:
             while self.events:
-                ev = self.events.popleft()
+                ev = self.events[0]
                 if isinstance(ev, _DATA):
+                    # Popped only once the writer has it: a cancel while the writer's queue is
+                    # full (back-pressure) must not lose the event.
                     await self.sup.ingest(self.t.id, ev)
-                elif isinstance(ev, m.PairQR | m.PairCode):
+                    self.events.popleft()
+                    continue
+                self.events.popleft()
+                if isinstance(ev, m.PairQR | m.PairCode):
                     await self._pairing_update(ev)
                 else:
                     return ev
@@ -311,27 +331,31 @@ class Runner:
             self._waiter = asyncio.get_running_loop().create_future()
             sleeper = asyncio.ensure_future(clock.sleep(remaining))
             try:
-                await asyncio.wait({self._waiter, sleeper},
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({self._waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 sleeper.cancel()
                 self._waiter = None
 
-    async def _idle(self, wait_s: float) -> None:
+    async def _idle_until(self, deadline_mono: float) -> None:
         """Wait (still ingesting late data events); lifecycle events of a stopped client are
         stale and dropped."""
-        deadline = self.sup.clock.monotonic() + max(0.0, wait_s)
-        while await self.next_event(deadline) is not None:
+        while await self.next_event(deadline_mono) is not None:
             pass
 
     async def _pairing_update(self, ev: m.PairQR | m.PairCode) -> None:
         if isinstance(ev, m.PairQR):
-            self.pairing = {"qr": ev.code, "code": self.pairing.get("code"),
-                            "expires_ms": ev.expires_ms}
+            self.pairing = {
+                "qr": ev.code,
+                "code": self.pairing.get("code"),
+                "expires_ms": ev.expires_ms,
+            }
             etype, data = "pairing.qr", {"qr": ev.code, "expires_ms": ev.expires_ms}
         else:
-            self.pairing = {"qr": self.pairing.get("qr"), "code": ev.code,
-                            "expires_ms": ev.expires_ms}
+            self.pairing = {
+                "qr": self.pairing.get("qr"),
+                "code": ev.code,
+                "expires_ms": ev.expires_ms,
+            }
             etype, data = "pairing.code", {"code": ev.code, "expires_ms": ev.expires_ms}
         self.sup.publish({"type": "pairing", "tenant": self.t.id, "pairing": dict(self.pairing)})
         if self.sup.subs.wants(self.t.id, etype):
@@ -339,9 +363,11 @@ class Runner:
 
     # ---- state ----
 
-    async def set(self, state: State, reason: str | None, alert: str | None = None) -> None:
+    async def set(
+        self, state: State, reason: str | None, alert: str | None = None, force: bool = False
+    ) -> None:
         t = self.t
-        if t.state is state and t.last_error == reason:
+        if t.state is state and t.last_error == reason and not force:
             return
         old = t.state
         t.state, t.last_error = state, reason
