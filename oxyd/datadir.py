@@ -34,11 +34,16 @@ def tenant_folders(data_dir: Path) -> list[str]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, without a window where it is wider."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file readable by its owner only, without a window where it is wider, and
+    atomically (a crash or a concurrent backup sees the old content or the new, never half)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(path, 0o600)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def admin_token(data_dir: Path, env_token: str | None, token_file: Path | None) -> tuple[str, str]:

@@ -303,7 +303,7 @@ async def test_receiver_down_then_back_loses_nothing_and_keeps_order(store, disp
         await until(lambda d=dest: retried(d), what=f"{dest} retrying")
     try:
         await receiver.start()
-        await until(lambda: len(receiver.ids("a")) >= 40 and len(receiver.ids("b")) >= 25)
+        await until(lambda: len(receiver.ids("a")) >= 40 and len(receiver.ids("b")) >= 30)
         await until(lambda: len(receiver.ids("global")) >= 5)
         for name, dest in (("a", "t:a"), ("b", "t:b"), ("global", "global")):
             expected = [r["id"] for r in await outbox_rows(store, dest)]
