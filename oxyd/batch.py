@@ -22,7 +22,7 @@ from loguru import logger
 from oxyd import outbox
 from oxyd.clock import Clock
 from oxyd.model import HistorySync, Message, Receipt
-from oxyd.store import MESSAGE_COLS, Store, insert_outbox, message_json
+from oxyd.store import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (tenant, chat, sender, wa_id, from_me, sent_at_ms, kind, text,"
@@ -34,6 +34,7 @@ _STATUS_RANK = (
     " WHEN 'played' THEN 4 ELSE 0 END"
 )
 _RANK = {"delivered": 2, "read": 3, "played": 4}
+_PUSH_NAME_CACHE = 200_000
 _RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
 
 
@@ -112,6 +113,7 @@ class Writer:
         self._done = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
+        self._push_names: dict[tuple[str, str], str] = {}
 
     @property
     def depth(self) -> int:
@@ -249,59 +251,17 @@ class Writer:
                 names[(it.tenant, p[1])] = p[2]
             elif p[0] == "event":
                 events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
-        async with self.store.tx() as db:
-            async with db.execute("SELECT coalesce(max(id), 0) FROM messages") as cur:
-                max_before = (await cur.fetchone())[0]
-            if rows:
-                await db.executemany(_INSERT_MESSAGE, rows)
-            synced = []
-            for it in histories:
-                h: HistorySync = it.payload
-                cur = await db.executemany(
-                    _INSERT_MESSAGE, [_message_row(it.tenant, m, now_ms) for m in h.messages]
-                )
-                stored = max(cur.rowcount, 0)
-                synced.append((it.tenant, h, stored))
-                await db.execute(
-                    "INSERT INTO history_syncs (tenant, sync_type, conversations, processed,"
-                    " stored, at_ms) VALUES (?,?,?,?,?,?)",
-                    (it.tenant, h.sync_type, h.conversations, len(h.messages), stored, now_ms),
-                )
-                events += outbox.rows(
-                    self.subs,
-                    it.tenant,
-                    "history.synced",
-                    {
-                        "sync_type": h.sync_type,
-                        "conversations": h.conversations,
-                        "processed": len(h.messages),
-                        "stored": stored,
-                    },
-                    now_ms,
-                )
-            async with db.execute(
-                "SELECT id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history"
-                " FROM messages WHERE id > ? ORDER BY id",
-                (max_before,),
-            ) as cur:
-                new_rows = list(await cur.fetchall())
-            stored_by_tenant = await self._derive(db, new_rows, live, events, now_ms)
-            if contacts:
-                await db.executemany(
-                    "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
-                    " (?,?,?,?) ON CONFLICT DO UPDATE SET push_name=excluded.push_name,"
-                    " updated_at_ms=excluded.updated_at_ms",
-                    [(t, j, n, now_ms) for (t, j), n in contacts.items()],
-                )
-            if names:
-                await db.executemany(
-                    "INSERT INTO chats (tenant, jid, name) VALUES (?,?,?)"
-                    " ON CONFLICT DO UPDATE SET name=excluded.name",
-                    [(t, j, n) for (t, j), n in names.items()],
-                )
-            for it in receipts:
-                await self._receipt(db, it.tenant, it.payload, events, now_ms)
-            await insert_outbox(db, events)
+        # Push names rarely change: upsert only what differs from what was last written.
+        known = self._push_names
+        contacts = {k: v for k, v in contacts.items() if known.get(k) != v}
+        new_rows, synced, stored_by_tenant = await self.store.run_tx(
+            lambda conn: self._apply(
+                conn, now_ms, rows, live, histories, contacts, names, receipts, events
+            )
+        )
+        if len(known) + len(contacts) > _PUSH_NAME_CACHE:
+            known.clear()  # bounded memory; the cost is one re-upsert per contact
+        known.update(contacts)
         if events:
             self.kick()
         self.stats.stored += len(new_rows)
@@ -320,7 +280,58 @@ class Writer:
                 self._on_history(tenant, h, stored)
         return stored_by_tenant
 
-    async def _derive(self, db, new_rows, live, events, now_ms) -> dict[str, int]:
+    def _apply(self, conn, now_ms, rows, live, histories, contacts, names, receipts, events):
+        """The whole batch in one call on the database thread: one hop per batch instead of
+        one per statement (runs inside Store.run_tx's transaction)."""
+        max_before = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        if rows:
+            conn.executemany(_INSERT_MESSAGE, rows)
+        synced = []
+        for it in histories:
+            h: HistorySync = it.payload
+            cur = conn.executemany(
+                _INSERT_MESSAGE, [_message_row(it.tenant, m, now_ms) for m in h.messages]
+            )
+            stored = max(cur.rowcount, 0)
+            synced.append((it.tenant, h, stored))
+            conn.execute(
+                "INSERT INTO history_syncs (tenant, sync_type, conversations, processed,"
+                " stored, at_ms) VALUES (?,?,?,?,?,?)",
+                (it.tenant, h.sync_type, h.conversations, len(h.messages), stored, now_ms),
+            )
+            summary = {
+                "sync_type": h.sync_type,
+                "conversations": h.conversations,
+                "processed": len(h.messages),
+                "stored": stored,
+            }
+            events += outbox.rows(self.subs, it.tenant, "history.synced", summary, now_ms)
+        new_rows = conn.execute(
+            "SELECT id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history"
+            " FROM messages WHERE id > ? ORDER BY id",
+            (max_before,),
+        ).fetchall()
+        stored_by_tenant = self._derive(conn, new_rows, live, events, now_ms)
+        if contacts:
+            conn.executemany(
+                "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
+                " (?,?,?,?) ON CONFLICT DO UPDATE SET push_name=excluded.push_name,"
+                " updated_at_ms=excluded.updated_at_ms",
+                [(t, j, n, now_ms) for (t, j), n in contacts.items()],
+            )
+        if names:
+            conn.executemany(
+                "INSERT INTO chats (tenant, jid, name) VALUES (?,?,?)"
+                " ON CONFLICT DO UPDATE SET name=excluded.name",
+                [(t, j, n) for (t, j), n in names.items()],
+            )
+        for it in receipts:
+            self._receipt(conn, it.tenant, it.payload, events, now_ms)
+        if events:
+            conn.executemany(OUTBOX_INSERT, events)
+        return new_rows, synced, stored_by_tenant
+
+    def _derive(self, db, new_rows, live, events, now_ms) -> dict[str, int]:
         """Chats, per-tenant counters and message webhooks from the rows really inserted."""
         chats: dict[tuple[str, str], list[int]] = {}
         per_tenant: Counter[str] = Counter()
@@ -338,7 +349,7 @@ class Writer:
                 data = _message_data(it.payload, "sent" if from_me else "received")
                 events += outbox.rows(self.subs, tenant, etype, data, now_ms)
         if chats:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO chats (tenant, jid, last_message_ms, unread_count, message_count)"
                 " VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET"
                 " last_message_ms=max(coalesce(last_message_ms, 0), excluded.last_message_ms),"
@@ -347,7 +358,7 @@ class Writer:
                 [(t, c, a[0], a[1], a[2]) for (t, c), a in chats.items()],
             )
         if per_tenant:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO tenant_counts (tenant, messages_stored) VALUES (?,?)"
                 " ON CONFLICT DO UPDATE SET"
                 " messages_stored=messages_stored+excluded.messages_stored",
@@ -355,7 +366,7 @@ class Writer:
             )
         return dict(per_tenant)
 
-    async def _receipt(self, db, tenant: str, r: Receipt, events: list, now_ms: int) -> None:
+    def _receipt(self, db, tenant: str, r: Receipt, events: list, now_ms: int) -> None:
         col = _RECEIPT_COL.get(r.type)
         if col is None:
             return
@@ -368,20 +379,18 @@ class Writer:
             f"UPDATE messages SET {', '.join(sets)}, status=CASE WHEN {_STATUS_RANK} < ?"
             " THEN ? ELSE status END WHERE tenant=? AND chat=? AND wa_id=?"
         )
-        await db.executemany(
-            sql, [(*args, _RANK[r.type], r.type, tenant, r.chat, i) for i in r.wa_ids]
-        )
+        db.executemany(sql, [(*args, _RANK[r.type], r.type, tenant, r.chat, i) for i in r.wa_ids])
         if self.subs.wants(tenant, "message.status"):
             marks = ",".join("?" * len(r.wa_ids))
-            async with db.execute(
+            cur = db.execute(
                 f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=?"
                 f" AND wa_id IN ({marks})",
                 (tenant, r.chat, *r.wa_ids),
-            ) as cur:
-                for row in await cur.fetchall():
-                    events += outbox.rows(
-                        self.subs, tenant, "message.status", message_json(row), now_ms
-                    )
+            )
+            for row in cur.fetchall():
+                events += outbox.rows(
+                    self.subs, tenant, "message.status", message_json(row), now_ms
+                )
 
 
 def _message_data(m: Message, status: str) -> dict[str, Any]:
