@@ -19,6 +19,7 @@ from aiohttp.web_urldispatcher import SystemRoute
 from loguru import logger
 
 from oxyd.app import App
+from oxyd.engine import EngineError
 from oxyd.model import valid_tenant_id
 from oxyd.supervisor import TenantError
 
@@ -85,6 +86,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             # Whole seconds, rounded up: a client that waits exactly this long gets a token.
             headers = {"Retry-After": str(max(1, int((retry_after_s or 1) + 0.999)))}
         return error_response(e.status, e.code, e.message, headers)
+    except EngineError as e:
+        # The engine refused (e.g. a device store that cannot be read): the tenant's trouble,
+        # not a server bug.
+        return error_response(409, "engine_error", str(e) or "the engine refused")
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "body_too_large", "the request body is too large")
     except web.HTTPException as e:

@@ -61,7 +61,8 @@ def store_dsn(path: pathlib.Path) -> str:
 
 def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
     """(jid, push name) of the paired device in a whatsmeow store file, without neonize
-    (whose device listing leaks a file handle per call). Missing file or table = not paired."""
+    (whose device listing leaks a file handle per call). Missing file or table = not paired;
+    a file SQLite cannot read raises EngineError."""
     if not path.is_file():
         return None
     try:
@@ -70,8 +71,14 @@ def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
             row = con.execute("SELECT jid, push_name FROM whatsmeow_device LIMIT 1").fetchone()
         finally:
             con.close()
-    except sqlite3.Error:
-        return None
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return None  # created, never paired: whatsmeow's schema is not there yet
+        raise EngineError(f"device store unreadable: {e}") from e
+    except sqlite3.Error as e:
+        # "file is not a database": a corrupt store is not an unpaired one; saying "pair it"
+        # would hide the damage (and pairing would overwrite what is left).
+        raise EngineError(f"device store corrupt: {e}") from e
     if not row or not row[0]:
         return None
     return tr.parse_jid(row[0]) or row[0], row[1] or None

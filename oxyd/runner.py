@@ -104,11 +104,27 @@ class Runner:
         elif mode == "restore":
             if self.t.state in PARKED or self.t.state is State.STOPPED:
                 return
-            if not await self.client.is_paired():
+            paired = await self.paired()
+            if paired is None:
+                return
+            if not paired:
                 if self.t.state is not State.NEW:
                     await self.set(State.NEW, "device store missing or empty: pair it")
                 return
         await self._connect_loop()
+
+    async def paired(self) -> bool | None:
+        """Whether the device store holds a paired device; None after parking the tenant when
+        the store cannot be read (corrupt, unreadable): a person must look, and no other tenant
+        is affected."""
+        try:
+            return await self.client.is_paired()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.opt(exception=e).error("device store unreadable: {}", e)
+            await self.park(State.FAILED, f"device store unreadable: {e}")
+            return None
 
     async def _connect_loop(self) -> None:
         cfg = self.sup.cfg.supervisor

@@ -237,7 +237,7 @@ class Supervisor:
         self.runners[tenant_id] = r
         logger.bind(tenant=tenant_id).info("tenant added ({} engine)", engine)
         async with r.lock:
-            if await r.client.is_paired():  # simulator tenants start paired
+            if await r.paired():  # simulator tenants start paired
                 r.spawn("connect")
         return self.tenant_json(r)
 
@@ -278,7 +278,10 @@ class Supervisor:
         return self.tenant_json(r)
 
     async def _fresh_start(self, r: Runner) -> None:
-        if not await r.client.is_paired():
+        paired = await r.paired()
+        if paired is None:
+            return  # parked: the store cannot be read
+        if not paired:
             await r.set(State.NEW, "not paired: pair it first")
             return
         r.t.failures = 0
@@ -300,7 +303,7 @@ class Supervisor:
         async with r.lock:
             if r.t.state is State.PAIRING and r.running:
                 raise TenantError("pairing_in_progress", "pairing is already in progress")
-            if await r.client.is_paired():
+            if await r.paired():
                 raise TenantError("already_paired",
                                   "this tenant is paired; log it out first to pair again")
             await r.cancel()
@@ -367,9 +370,13 @@ class Supervisor:
             if not r.running or stuck:
                 why = "tenant task not running" if not r.running else "heartbeat stalled"
                 r.log.warning("health sweep: {} while {}; restarting", why, st)
+                try:
+                    await self.restart_tenant(tid)
+                except Exception as e:  # one tenant's trouble never ends the sweep
+                    r.log.opt(exception=e).error("health sweep could not restart it: {}", e)
+                    why = f"{why}; restart failed: {e}"
                 alerts.append({"tenant": tid, "state": str(st), "reason": why,
                                "action": "restarted by the health sweep"})
-                await self.restart_tenant(tid)
                 reconnected += 1
             elif st is State.CONNECTED:
                 healthy += 1

@@ -276,9 +276,10 @@ async def test_one_failing_tenant_never_touches_the_others(tmp_path):
     clock = FakeClock()
     app = await make_app(config(tmp_path, **FAST), clock, {"broken": BrokenEngine()})
     try:
-        with pytest.raises(RuntimeError):
-            await app.supervisor.add("bad", "broken")  # is_paired raises
-        app.supervisor.runners["bad"].spawn("connect")
+        await app.supervisor.add("bad", "broken")  # is_paired raises: parked, not a crash
+        assert state(app, "bad") is State.FAILED
+        assert "device store unreadable" in app.supervisor.runners["bad"].t.last_error
+        app.supervisor.runners["bad"].spawn("connect")  # and if it runs anyway...
         for i in range(20):
             await app.supervisor.add(f"ok{i}", "simulator")
         await until(lambda: all(state(app, f"ok{i}") is State.CONNECTED for i in range(20)))

@@ -34,18 +34,6 @@ GARBAGE = b"\x00\xff garbage \x13\x37" * 64
 # A reason an operator can act on: it names the problem with the store or folder.
 CLEAR_REASON = re.compile(r"corrupt|unreadable|cannot be read|permission|damaged|invalid", re.I)
 
-BUG_RESTORE = (
-    "oxyd/runner.py Runner._life('restore') awaits client.is_paired() outside any try: the "
-    "simulator's EngineError('simulated device store unreadable') ends the tenant task, "
-    "Supervisor.runner_done sets supervisor.broken, so /readyz answers 503 for the whole daemon "
-    "while the tenant stays 'connecting' with no reason"
-)
-BUG_NEONIZE = (
-    "oxyd/neonize_client.py reads a garbage whatsmeow.sqlite3 as 'not paired' (sqlite3.Error -> "
-    "None), so the tenant becomes 'new' with 'device store missing or empty: pair it' instead of "
-    "being parked with a reason saying the store is corrupt"
-)
-
 
 def _cfg(data: Path, **env: str):
     return load(
@@ -110,7 +98,6 @@ async def _assert_parked_others_run(app, client, bad: str) -> None:
     assert all(_state(app, t) is State.CONNECTED for t in GOOD)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RESTORE)
 async def test_corrupt_simulator_store_parks_only_that_tenant(tmp_path, monkeypatch):
     monkeypatch.setenv("OXYD_ADMIN_TOKEN", ADMIN)
     cfg = _cfg(tmp_path / "data")
@@ -129,16 +116,6 @@ async def test_corrupt_simulator_store_parks_only_that_tenant(tmp_path, monkeypa
         await _stop(app, client)
 
 
-BUG_ACTIONS = (
-    "oxyd/supervisor.py Supervisor._fresh_start (start/restart) and Supervisor.add call "
-    "client.is_paired() unguarded, and routes.py start/restart/add do not map EngineError: a "
-    "tenant whose device store is unreadable answers 500 internal_error to start/restart, and "
-    "Supervisor.health_sweep (which calls restart_tenant) raises, so one bad tenant aborts the "
-    "sweep of every tenant after it"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_ACTIONS)
 async def test_operator_actions_and_health_sweep_survive_a_corrupt_store(tmp_path, monkeypatch):
     monkeypatch.setenv("OXYD_ADMIN_TOKEN", ADMIN)
     cfg = _cfg(tmp_path / "data")
@@ -171,7 +148,6 @@ async def test_operator_actions_and_health_sweep_survive_a_corrupt_store(tmp_pat
         await _stop(app, client)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_NEONIZE)
 async def test_corrupt_neonize_store_parks_only_that_tenant(tmp_path, monkeypatch):
     pytest.importorskip("neonize")
     monkeypatch.setenv("OXYD_ADMIN_TOKEN", ADMIN)
@@ -210,7 +186,6 @@ NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason=BUG_RESTORE + " (here: PermissionError on the folder)")
 async def test_unreadable_tenant_folder_parks_only_that_tenant(tmp_path):
     prefix = None
     if os.geteuid() == 0:
