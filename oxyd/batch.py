@@ -114,6 +114,7 @@ class Writer:
         self._task: asyncio.Task | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self._push_names: dict[tuple[str, str], str] = {}
+        self._fault_since_ms: int | None = None  # an OperationalError streak (disk, locks)
 
     @property
     def depth(self) -> int:
@@ -176,6 +177,8 @@ class Writer:
                 stored = await self._write(batch)
                 break
             except sqlite3.OperationalError as e:
+                if self._fault_since_ms is None:
+                    self._fault_since_ms = self.clock.now_ms()
                 # Disk full, database locked, I/O error: transient from our side. Keep the
                 # batch and retry; readiness reports the failure meanwhile.
                 self._failed(e)
@@ -209,6 +212,8 @@ class Writer:
         if self.stats.failing_since is not None:
             logger.info("store writes recovered")
         self.stats.failing_since = None
+        if self._fault_since_ms is not None:
+            await self._storage_alert()
         self.stats.batches += 1
         self.stats.rows += len(batch)
         if self.stats.latencies_s is not None:
@@ -216,6 +221,28 @@ class Writer:
             self.stats.latencies_s.extend(now - it.enqueued_at for it in batch)
         if stored and self._on_commit is not None:
             self._on_commit(stored)
+
+    async def _storage_alert(self) -> None:
+        """Tell the operator's destination that writes failed for a while (disk full, read-only
+        database). Sent once writes work again: during the fault the outbox cannot be written
+        either; meanwhile /readyz, the health sweep and the metrics show it."""
+        since_ms, self._fault_since_ms = self._fault_since_ms, None
+        now_ms = self.clock.now_ms()
+        data = {
+            "reason": f"store writes failed for {(now_ms - since_ms) / 1000:.0f}s"
+            f" ({self.stats.last_error}); every accepted row was kept and written",
+            "since_ms": since_ms,
+            "recovered_at_ms": now_ms,
+            "failures": self.stats.failures,
+            "action": "check free disk space and the data directory's permissions",
+        }
+        try:
+            await self.store.append_outbox(
+                outbox.rows(self.subs, None, "alert.storage", data, now_ms)
+            )
+            self.kick()
+        except Exception as e:
+            logger.error("could not queue the storage alert: {}", e)
 
     def _failed(self, e: Exception) -> None:
         self.stats.failures += 1

@@ -34,6 +34,7 @@ WEBHOOK_EVENTS = (
     "alert.outdated",
     "alert.failed",
     "alert.zombie",
+    "alert.storage",
 )
 
 

@@ -85,8 +85,13 @@ class Supervisor:
             if tid in rows:
                 continue
             engine = await asyncio.to_thread(_engine_of_folder, self.cfg.data_dir, tid)
-            t = m.Tenant(id=tid, engine=engine, state=State.NEW,
-                         state_since_ms=self.clock.now_ms(), created_at_ms=self.clock.now_ms())
+            t = m.Tenant(
+                id=tid,
+                engine=engine,
+                state=State.NEW,
+                state_since_ms=self.clock.now_ms(),
+                created_at_ms=self.clock.now_ms(),
+            )
             await self.store.add_tenant(t)
             rows[tid] = t
             logger.bind(tenant=tid).info("adopted tenant folder without a row ({} engine)", engine)
@@ -104,10 +109,13 @@ class Supervisor:
             self.runners[t.id] = runner
             runner.spawn("restore")
         self.running = True
-        logger.info("restoring {} tenants ({} parked, {} stopped, {} new)", len(rows),
-                    sum(t.state in PARKED for t in rows.values()),
-                    sum(t.state is State.STOPPED for t in rows.values()),
-                    sum(t.state is State.NEW for t in rows.values()))
+        logger.info(
+            "restoring {} tenants ({} parked, {} stopped, {} new)",
+            len(rows),
+            sum(t.state in PARKED for t in rows.values()),
+            sum(t.state is State.STOPPED for t in rows.values()),
+            sum(t.state is State.NEW for t in rows.values()),
+        )
 
     async def stop(self) -> None:
         """Cancel every tenant task and stop every client, without persisting "stopped": the
@@ -172,13 +180,21 @@ class Supervisor:
     async def persist(self, r: Runner, alert: str | None) -> None:
         t = r.t
         data = self.tenant_json(r)
-        rows = outbox.rows(self.subs, t.id, "tenant.state", {**data, "reason": t.last_error},
-                           t.state_since_ms)
+        rows = outbox.rows(
+            self.subs, t.id, "tenant.state", {**data, "reason": t.last_error}, t.state_since_ms
+        )
         if alert:
-            rows += outbox.rows(self.subs, t.id, alert, {
-                **data, "reason": t.last_error,
-                "action": ACTIONS.get(t.state, "the client was rebuilt; watch for repeats")},
-                t.state_since_ms)
+            rows += outbox.rows(
+                self.subs,
+                t.id,
+                alert,
+                {
+                    **data,
+                    "reason": t.last_error,
+                    "action": ACTIONS.get(t.state, "the client was rebuilt; watch for repeats"),
+                },
+                t.state_since_ms,
+            )
         await self.store.save_state(t, rows)
         if rows:
             self.kick()
@@ -186,12 +202,17 @@ class Supervisor:
 
     async def zombie(self, r: Runner, silent_s: float) -> None:
         self.zombies[r.t.id] += 1
-        r.log.warning("zombie: connected but no heartbeat or event for {:.0f}s; rebuilding",
-                      silent_s)
-        data = {**self.tenant_json(r), "reason": f"no sign of life for {silent_s:.0f}s",
-                "action": "the client was rebuilt; if it repeats, check the network"}
+        r.log.warning(
+            "zombie: connected but no heartbeat or event for {:.0f}s; rebuilding", silent_s
+        )
+        data = {
+            **self.tenant_json(r),
+            "reason": f"no sign of life for {silent_s:.0f}s",
+            "action": "the client was rebuilt; if it repeats, check the network",
+        }
         await self.store.append_outbox(
-            outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms()))
+            outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms())
+        )
         self.kick()
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -228,8 +249,9 @@ class Supervisor:
         if tenant_id in self.runners:
             raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
         now = self.clock.now_ms()
-        t = m.Tenant(id=tenant_id, engine=engine, state=State.NEW, state_since_ms=now,
-                     created_at_ms=now)
+        t = m.Tenant(
+            id=tenant_id, engine=engine, state=State.NEW, state_since_ms=now, created_at_ms=now
+        )
         if not await self.store.add_tenant(t):
             raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
         await asyncio.to_thread(_mkdir_private, datadir.tenant_dir(self.cfg.data_dir, tenant_id))
@@ -255,8 +277,9 @@ class Supervisor:
             self.runners.pop(tenant_id, None)
             self.subs.remove_tenant(tenant_id)
             await self.store.remove_tenant(tenant_id, purge=purge)
-            await asyncio.to_thread(shutil.rmtree,
-                                    datadir.tenant_dir(self.cfg.data_dir, tenant_id), True)
+            await asyncio.to_thread(
+                shutil.rmtree, datadir.tenant_dir(self.cfg.data_dir, tenant_id), True
+            )
         r.log.info("tenant removed{}", " and its messages purged" if purge else "")
         self.publish({"type": "removed", "tenant": tenant_id})
 
@@ -304,8 +327,9 @@ class Supervisor:
             if r.t.state is State.PAIRING and r.running:
                 raise TenantError("pairing_in_progress", "pairing is already in progress")
             if await r.paired():
-                raise TenantError("already_paired",
-                                  "this tenant is paired; log it out first to pair again")
+                raise TenantError(
+                    "already_paired", "this tenant is paired; log it out first to pair again"
+                )
             await r.cancel()
             r.spawn("pair", phone)
         return self.tenant_json(r)
@@ -325,8 +349,9 @@ class Supervisor:
             await r.set(State.LOGGED_OUT, "logged out by an operator")
         return self.tenant_json(r)
 
-    async def send(self, tenant_id: str, to: str, text: str | None,
-                   media: OutboundMedia | None) -> dict[str, Any]:
+    async def send(
+        self, tenant_id: str, to: str, text: str | None, media: OutboundMedia | None
+    ) -> dict[str, Any]:
         r = self.runner(tenant_id)
         if r.t.state is not State.CONNECTED:
             raise TenantError("not_connected", f"tenant is {r.t.state}, not connected")
@@ -360,8 +385,14 @@ class Supervisor:
             st = r.t.state
             if st in PARKED:
                 failed += 1
-                alerts.append({"tenant": tid, "state": str(st), "reason": r.t.last_error,
-                               "action": ACTIONS.get(st)})
+                alerts.append(
+                    {
+                        "tenant": tid,
+                        "state": str(st),
+                        "reason": r.t.last_error,
+                        "action": ACTIONS.get(st),
+                    }
+                )
                 continue
             if st in IDLE or (st is State.BANNED and r.running):
                 continue
@@ -375,15 +406,35 @@ class Supervisor:
                 except Exception as e:  # one tenant's trouble never ends the sweep
                     r.log.opt(exception=e).error("health sweep could not restart it: {}", e)
                     why = f"{why}; restart failed: {e}"
-                alerts.append({"tenant": tid, "state": str(st), "reason": why,
-                               "action": "restarted by the health sweep"})
+                alerts.append(
+                    {
+                        "tenant": tid,
+                        "state": str(st),
+                        "reason": why,
+                        "action": "restarted by the health sweep",
+                    }
+                )
                 reconnected += 1
             elif st is State.CONNECTED:
                 healthy += 1
+        if self.writer.failing:
+            alerts.append(
+                {
+                    "tenant": None,
+                    "state": "storage",
+                    "reason": self.writer.stats.last_error,
+                    "action": "check free disk space and the data directory's"
+                    " permissions; writes are retried, nothing is dropped",
+                }
+            )
         self.last_health = {
-            "checked_at_ms": self.clock.now_ms(), "total": len(self.runners),
-            "healthy": healthy, "reconnected": reconnected, "failed": failed,
-            "by_state": dict(self.counts_by_state()), "alerts": alerts,
+            "checked_at_ms": self.clock.now_ms(),
+            "total": len(self.runners),
+            "healthy": healthy,
+            "reconnected": reconnected,
+            "failed": failed,
+            "by_state": dict(self.counts_by_state()),
+            "alerts": alerts,
         }
         return self.last_health
 

@@ -173,3 +173,29 @@ async def test_cursor_pages_without_gaps_when_many_share_a_millisecond(tmp_path)
     assert times == sorted(times, reverse=True)
     await w.stop()
     await store.close()
+
+
+async def test_a_storage_fault_raises_an_alert_once_writes_recover(tmp_path):
+    store = await Store.open(tmp_path)
+    w = Writer(store, RealClock(), Subscriptions(global_events=()))  # operator: alerts only
+    real_write = w._write
+    failures = {"left": 2}
+
+    async def full_disk(batch):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real_write(batch)
+
+    w._write = full_disk
+    w.start()
+    await w.put("a", msg(1))
+    await w.flush()
+    async with store.ro.execute(
+        "SELECT tenant, destination, body FROM outbox WHERE type='alert.storage'"
+    ) as cur:
+        rows = await cur.fetchall()
+    assert len(rows) == 1 and rows[0][:2] == (None, "global")
+    assert "disk is full" in rows[0][2]
+    await w.stop()
+    await store.close()

@@ -9,10 +9,10 @@ accepted is lost.
    the writer's transaction is made to fail with SQLite's own read-only error through a wrapper
    around `Writer._write` (the documented fallback).
 
-What oxyd raises today: an ERROR log line per failed attempt ("store write failed"), /readyz 503
-with checks.writer false, and the `oxyd_writer_failing` gauge (1) / `oxyd_writer_failures_total`
-counter in /metrics. There is no webhook alert (no `alert.*` event type) and the health sweep
-does not report it: see README.md (gaps).
+What oxyd raises: an ERROR log line per failed attempt ("store write failed"), /readyz 503 with
+checks.writer false, the `oxyd_writer_failing` gauge (1) / `oxyd_writer_failures_total` counter
+in /metrics, a "storage" alert in the health sweep while it lasts, and an `alert.storage` webhook
+event to the operator's destination once writes work again.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class Harness:
                 "OXYD_DATA_DIR": str(self.data),
                 "OXYD_SUPERVISOR_STOP_GRACE_S": "2",
                 "OXYD_STORE_BATCH_MAX": "200",
+                # The operator's destination (alerts only); nothing listens: the event is
+                # checked in the outbox.
+                "OXYD_WEBHOOKS_URL": "http://127.0.0.1:9/alerts",
+                "OXYD_WEBHOOKS_SECRET": "ops-secret",
             }
         )
         clock = RealClock()
@@ -138,6 +142,8 @@ async def _fault_cycle(h: Harness, start_fault, clear_fault, fill: bool) -> dict
     assert app.writer.failing and (await h.ready())[0] == 503
     assert any("store write failed" in e for e in h.errors), h.errors[:3]
     assert app.supervisor.runners["a"].t.state is State.CONNECTED
+    sweep = await app.supervisor.health_sweep()
+    assert any(a["state"] == "storage" for a in sweep["alerts"]), sweep["alerts"]
     figures = {
         "failures": app.writer.stats.failures,
         "accepted": len(accepted),
@@ -152,6 +158,8 @@ async def _fault_cycle(h: Harness, start_fault, clear_fault, fill: bool) -> dict
     assert await h.metric("oxyd_writer_failing") == 0
     assert await h.metric("oxyd_writer_failures_total") >= 3
     assert app.writer.stats.rejected == 0, "the writer gave up on some rows"
+    alerts = read_db(app.store.path, "SELECT count(*) FROM outbox WHERE type = 'alert.storage'")
+    assert alerts[0][0] == 1, "no alert.storage event for the operator"
     stored = read_db(
         app.store.path, "SELECT wa_id, count(*) FROM messages WHERE tenant = 'a' GROUP BY wa_id"
     )
