@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import json
 import random
 import sqlite3
 import statistics
@@ -285,6 +286,7 @@ async def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating raw/writer rounds")
     ap.add_argument("--tmp", default=None, help="directory for the databases (default: $TMPDIR)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20k rows, 2 s, 1 round")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.quick:
         args.n, args.seconds, args.rounds = 20_000, 2.0, 1
@@ -333,6 +335,28 @@ async def main() -> int:
 
     ratio = statistics.median(ratios)
     wp_ratio = wp_rate / wp_raw_rate
+    if args.json:
+        figures = {
+            "n": args.n,
+            "rounds": args.rounds,
+            "raw_rows_s": raw_rate,
+            "writer_rows_s": writer_rate,
+            "writer_ratio": ratio,
+            "writer_ratios": ratios,
+            "latency_rate": args.rate,
+            "latency_offered": lat["offered"],
+            "latency_n": lat["n"],
+            "latency_p50_ms": lat["p50"] * 1000,
+            "latency_p99_ms": lat["p99"] * 1000,
+            "latency_max_ms": lat["max"] * 1000,
+            "latency_batches": lat["batches"],
+            "latency_max_depth": lat["max_depth"],
+            "whole_n": wp["n"],
+            "whole_msgs_s": wp_rate,
+            "whole_raw_rows_s": wp_raw_rate,
+            "whole_ratio": wp_ratio,
+        }
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=1))
     ok = lambda b: "ok" if b else "MISSED"  # noqa: E731
     print()
     print(f"oxyd ingest benchmark (n={args.n}, median of {args.rounds} alternating rounds)")

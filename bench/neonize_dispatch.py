@@ -1,6 +1,9 @@
 """Figures for the neonize engine, offline (not run in CI).
 
   /tmp/venv/bin/python bench/neonize_dispatch.py [--events 50000] [--retry-s 10]
+  /tmp/venv/bin/python bench/neonize_dispatch.py --quick   # 5,000 events, no retry part
+
+(--retry-s 0 skips part 2, whose connects leave the machine: bench/run_all.py passes it.)
 
 1. Dispatch throughput of the real neonize path: protobuf events handed to
    `client.event.execute(...)` from a foreign thread (as Go does), through neonize's
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import logging
 import pathlib
 import sys
@@ -52,7 +56,7 @@ def build_events(n: int) -> list[tuple[bytes, int]]:
     return out
 
 
-async def dispatch(engine: NeonizeEngine, n: int) -> None:
+async def dispatch(engine: NeonizeEngine, n: int) -> dict:
     got: list[model.Event] = []
     client = engine.client("bench-dispatch", got.append)
     nc = client.native()
@@ -74,6 +78,7 @@ async def dispatch(engine: NeonizeEngine, n: int) -> None:
         f"dispatch: {n} events in {elapsed:.2f} s = {n / elapsed:,.0f} events/s "
         f"(foreign thread -> execute -> sink), in order: {ordered}"
     )
+    return {"events": n, "events_s": n / elapsed, "in_order": ordered}
 
 
 async def retrying(engine: NeonizeEngine, tenants: int, duration_s: float, tag: str) -> None:
@@ -115,7 +120,11 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--retry-s", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 5,000 events, no retries")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
+    if args.quick:
+        args.events, args.retry_s = 5_000, 0.0
     logging.basicConfig(level=logging.ERROR)
     import_neonize()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="oxyd-bench-"))
@@ -126,10 +135,16 @@ async def main() -> None:
         f"   0 tenants (neonize loaded): RSS {r['rss_bytes'] / 2**20:7.1f} MiB, "
         f"open fds {r['open_fds']}"
     )
-    for n in (20, 100):
-        await retrying(engine, n, args.retry_s, f"n{n}")
-    await dispatch(engine, args.events)
-    print("clean close:", await engine.close())
+    if args.retry_s > 0:
+        for n in (20, 100):
+            await retrying(engine, n, args.retry_s, f"n{n}")
+    figures = await dispatch(engine, args.events)
+    figures["rss_mib"] = r["rss_bytes"] / 2**20
+    figures["clean_close"] = await engine.close()
+    print("clean close:", figures["clean_close"])
+    if args.json:
+        text = json.dumps(figures, indent=1, default=str)
+        await asyncio.to_thread(pathlib.Path(args.json).write_text, text)
 
 
 if __name__ == "__main__":

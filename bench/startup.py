@@ -284,6 +284,7 @@ async def main() -> int:
     ap.add_argument("--latency-ms", type=int, default=20, help="connect latency, last scenario")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     ap.add_argument("--quick", action="store_true", help="smoke run: 100 tenants")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.quick:
         args.tenants = 100
@@ -316,6 +317,18 @@ async def main() -> int:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+    if args.json:
+        figures = {
+            "tenants": n,
+            "daemon0": d0,
+            "daemonN": dn,
+            "rss_per_tenant_kb": per_tenant_kb,
+            "mass_drops": md,
+        }
+        await asyncio.to_thread(
+            Path(args.json).write_text, json.dumps(figures, indent=1, default=str)
+        )
 
     ok = lambda b: "ok" if b else "MISSED"  # noqa: E731
     limit = md["limit"]

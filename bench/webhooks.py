@@ -1,6 +1,7 @@
 """Webhook delivery benchmark: deliveries per second and delay from commit to delivery.
 
     python -P bench/webhooks.py [--events 20000] [--destinations 4] [--rate 1000]
+    python -P bench/webhooks.py --quick    # 2,000 events, 1,000 latency events
 
 (-P: bench/http.py must not shadow the standard library's http package.)
 
@@ -85,12 +86,30 @@ async def wait_count(http, base, n: int) -> None:
     await poll(lambda: receiver_count(http, base), want=n)
 
 
+async def raw_posts(base: str, tenants: list[str], n: int) -> float:
+    body = json.dumps({"event": "message.received", "tenant": "t0", "data": {"n": 0}}).encode()
+    headers = {"Content-Type": "application/json", "X-Oxyd-Event-Id": "x"}
+    conn = aiohttp.TCPConnector(limit=100, limit_per_host=20)
+    async with aiohttp.ClientSession(connector=conn) as http:
+
+        async def sender(t: str, k: int) -> None:
+            for i in range(k):
+                h = {**headers, "X-Oxyd-Event-Id": f"raw-{t}-{i}"}
+                async with http.post(f"{base}/{t}", data=body, headers=h) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sender(t, n // len(tenants)) for t in tenants))
+        return (n // len(tenants) * len(tenants)) / (time.perf_counter() - t0)
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def run(args) -> None:
+async def run(args) -> dict:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", RECEIVER, stdout=asyncio.subprocess.PIPE
     )
@@ -120,6 +139,11 @@ async def run(args) -> None:
                 await wait_count(http, base, args.events)
                 elapsed = time.perf_counter() - t0
                 await poll(disp.pending, want=0)  # the last delivered marks
+                figures = {
+                    "events": args.events,
+                    "destinations": args.destinations,
+                    "deliveries_s": args.events / elapsed,
+                }
                 print(
                     f"throughput: {args.events} events over {args.destinations} destinations"
                     f" in {elapsed:.2f}s = {args.events / elapsed:,.0f} deliveries/s"
@@ -155,12 +179,30 @@ async def run(args) -> None:
                     f" p50 {statistics.median(delays_ms):.1f} ms,"
                     f" p99 {pct(delays_ms, 99):.1f} ms, max {max(delays_ms):.1f} ms"
                 )
+                figures.update(
+                    latency_rate=args.rate,
+                    latency_events=n,
+                    latency_p50_ms=statistics.median(delays_ms),
+                    latency_p99_ms=pct(delays_ms, 99),
+                    latency_max_ms=max(delays_ms),
+                    stats=disp.stats.as_dict(),
+                )
                 print(f"stats: {json.dumps(disp.stats.as_dict())}")
                 await disp.stop()
+
+                # Baseline: plain aiohttp POSTs to the same receiver, one sequential sender
+                # per destination as the dispatcher has (delivery order per destination).
+                figures["raw_posts_s"] = await raw_posts(base, tenants, args.events)
+                print(
+                    f"baseline: plain aiohttp POSTs, {args.destinations} sequential senders:"
+                    f" {figures['raw_posts_s']:,.0f}/s; dispatcher / plain"
+                    f" {figures['deliveries_s'] / figures['raw_posts_s']:.2f}"
+                )
             await store.close()
     finally:
         proc.terminate()
         await proc.wait()
+    return figures
 
 
 def main() -> None:
@@ -169,7 +211,14 @@ def main() -> None:
     p.add_argument("--destinations", type=int, default=4)
     p.add_argument("--rate", type=int, default=1000, help="offered events/s in phase 2")
     p.add_argument("--latency-events", type=int, default=5000)
-    asyncio.run(run(p.parse_args()))
+    p.add_argument("--quick", action="store_true", help="smoke run: 2,000 + 1,000 events")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args()
+    if args.quick:
+        args.events, args.latency_events = 2_000, 1_000
+    figures = asyncio.run(run(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
 
 
 if __name__ == "__main__":
