@@ -34,7 +34,6 @@ _STATUS_RANK = (
     " WHEN 'played' THEN 4 ELSE 0 END"
 )
 _RANK = {"delivered": 2, "read": 3, "played": 4}
-_PUSH_NAME_CACHE = 200_000
 _RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
 
 
@@ -113,7 +112,6 @@ class Writer:
         self._done = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
-        self._push_names: dict[tuple[str, str], str] = {}
         self._fault_since_ms: int | None = None  # an OperationalError streak (disk, locks)
 
     @property
@@ -278,17 +276,11 @@ class Writer:
                 names[(it.tenant, p[1])] = p[2]
             elif p[0] == "event":
                 events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
-        # Push names rarely change: upsert only what differs from what was last written.
-        known = self._push_names
-        contacts = {k: v for k, v in contacts.items() if known.get(k) != v}
         new_rows, synced, stored_by_tenant = await self.store.run_tx(
             lambda conn: self._apply(
                 conn, now_ms, rows, live, histories, contacts, names, receipts, events
             )
         )
-        if len(known) + len(contacts) > _PUSH_NAME_CACHE:
-            known.clear()  # bounded memory; the cost is one re-upsert per contact
-        known.update(contacts)
         if events:
             self.kick()
         self.stats.stored += len(new_rows)
@@ -343,7 +335,9 @@ class Writer:
             conn.executemany(
                 "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
                 " (?,?,?,?) ON CONFLICT DO UPDATE SET push_name=excluded.push_name,"
-                " updated_at_ms=excluded.updated_at_ms",
+                " updated_at_ms=excluded.updated_at_ms"
+                # Push names rarely change: an unchanged one writes no page.
+                " WHERE push_name IS NOT excluded.push_name",
                 [(t, j, n, now_ms) for (t, j), n in contacts.items()],
             )
         if names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,6 @@ def _jid(value: str) -> str:
     return value if "@" in value else f"{value}@s.whatsapp.net"
 
 
-def _wa_id() -> str:
-    return "3EB0" + secrets.token_hex(8).upper()
-
-
 class SimulatorEngine:
     name = "simulator"
 
@@ -45,6 +42,12 @@ class SimulatorEngine:
         self.cfg = cfg
         self.clock = clock
         self.clients: dict[str, SimulatorClient] = {}
+        # Message ids need to be unique, not unpredictable: os.urandom per message was an
+        # eighth of a load test's CPU.
+        self._ids = random.Random(secrets.randbits(128))
+
+    def wa_id(self) -> str:
+        return f"3EB0{self._ids.getrandbits(64):016X}"
 
     def client(self, tenant_id: str, sink: Sink) -> SimulatorClient:
         c = SimulatorClient(self, tenant_id, sink)
@@ -83,8 +86,11 @@ class SimulatorClient:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
             # A new simulator tenant starts paired, like a phone that was just linked.
-            dev = {"paired": True, "jid": f"1555{abs(hash(self.tenant_id)) % 10**7:07d}"
-                   "@s.whatsapp.net", "push_name": f"Sim {self.tenant_id}"}
+            dev = {
+                "paired": True,
+                "jid": f"1555{abs(hash(self.tenant_id)) % 10**7:07d}@s.whatsapp.net",
+                "push_name": f"Sim {self.tenant_id}",
+            }
             self._write(dev)
             return dev
         except (OSError, ValueError) as e:
@@ -133,16 +139,26 @@ class SimulatorClient:
         chat = _jid(to)
         kind = "text" if media is None else media.type
         msg = m.Message(
-            wa_id=_wa_id(), chat=chat, sender=dev["jid"], from_me=True,
-            sent_at_ms=self.engine.clock.now_ms(), kind=kind,
-            text=text if media is None else media.caption, push_name=dev.get("push_name"),
-            media=None if media is None else m.Media(mime=media.mime, size_bytes=len(media.data),
-                                                     filename=media.filename),
+            wa_id=self.engine.wa_id(),
+            chat=chat,
+            sender=dev["jid"],
+            from_me=True,
+            sent_at_ms=self.engine.clock.now_ms(),
+            kind=kind,
+            text=text if media is None else media.caption,
+            push_name=dev.get("push_name"),
+            media=None
+            if media is None
+            else m.Media(mime=media.mime, size_bytes=len(media.data), filename=media.filename),
         )
         self.sent_chats[msg.wa_id] = chat
         # The recipient's phone acknowledges shortly after, as WhatsApp does.
-        self._later(0, lambda: self.sink(m.Receipt(chat, chat, (msg.wa_id,), "delivered",
-                                                   self.engine.clock.now_ms())))
+        self._later(
+            0,
+            lambda: self.sink(
+                m.Receipt(chat, chat, (msg.wa_id,), "delivered", self.engine.clock.now_ms())
+            ),
+        )
         return msg
 
     async def pair(self, phone: str | None) -> None:
@@ -155,8 +171,11 @@ class SimulatorClient:
             self.sink(m.PairCode(f"{code[:4]}-{code[4:]}", now + QR_ROTATE_MS * 8))
 
         async def complete() -> None:
-            dev = {"paired": True, "jid": f"{phone or '1555' + secrets.token_hex(3)}"
-                   "@s.whatsapp.net", "push_name": f"Sim {self.tenant_id}"}
+            dev = {
+                "paired": True,
+                "jid": f"{phone or '1555' + secrets.token_hex(3)}@s.whatsapp.net",
+                "push_name": f"Sim {self.tenant_id}",
+            }
             await self._save(**dev)
             self.sink(m.PairSuccess(dev["jid"], dev["push_name"]))
 
@@ -235,13 +254,22 @@ class SimulatorClient:
         now = self.engine.clock.now_ms()
         ids = []
         for i in range(count):
-            mid = wa_id or _wa_id()
+            mid = wa_id or self.engine.wa_id()
             ids.append(mid)
-            self._deliver(m.Message(
-                wa_id=mid, chat=chat, sender=sender, from_me=from_me, sent_at_ms=now,
-                text=text if count == 1 else f"{text} {i + 1}",
-                push_name=None if from_me else "Simulated Contact", is_group=group,
-                is_broadcast=chat == "status@broadcast", raw=text.encode()[:64]))
+            self._deliver(
+                m.Message(
+                    wa_id=mid,
+                    chat=chat,
+                    sender=sender,
+                    from_me=from_me,
+                    sent_at_ms=now,
+                    text=text if count == 1 else f"{text} {i + 1}",
+                    push_name=None if from_me else "Simulated Contact",
+                    is_group=group,
+                    is_broadcast=chat == "status@broadcast",
+                    raw=text.encode()[:64],
+                )
+            )
         return {"delivered": self.connected and not self.stalled, "ids": ids[:1000]}
 
     async def _a_receipt(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -256,8 +284,7 @@ class SimulatorClient:
             chat = self.sent_chats.get(i) or _jid(_field(a, "chat", str, required=True))
             by_chat.setdefault(chat, []).append(i)
         for chat, chat_ids in by_chat.items():
-            self._deliver(m.Receipt(chat, chat, tuple(chat_ids), rtype,
-                                    self.engine.clock.now_ms()))
+            self._deliver(m.Receipt(chat, chat, tuple(chat_ids), rtype, self.engine.clock.now_ms()))
         return {"receipts": len(ids)}
 
     async def _a_disconnect(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -314,16 +341,24 @@ class SimulatorClient:
             chat = f"1666{c:07d}@s.whatsapp.net"
             names.append((chat, f"History chat {c}"))
             for i in range(per_chat):
-                msgs.append(m.Message(
-                    wa_id=f"H{c:05d}{i:06d}", chat=chat, sender=chat, from_me=False,
-                    sent_at_ms=now - (per_chat - i) * 1000, text=f"history message {i}",
-                    from_history=True))
+                msgs.append(
+                    m.Message(
+                        wa_id=f"H{c:05d}{i:06d}",
+                        chat=chat,
+                        sender=chat,
+                        from_me=False,
+                        sent_at_ms=now - (per_chat - i) * 1000,
+                        text=f"history message {i}",
+                        from_history=True,
+                    )
+                )
         self._deliver(m.HistorySync("INITIAL_BOOTSTRAP", chats, tuple(msgs), tuple(names)))
         return {"conversations": chats, "messages": len(msgs)}
 
 
-def _field(a: dict[str, Any], key: str, tp: type, *, required: bool = False,
-           default: Any = None) -> Any:
+def _field(
+    a: dict[str, Any], key: str, tp: type, *, required: bool = False, default: Any = None
+) -> Any:
     if key not in a or a[key] is None:
         if required:
             raise SimulationError(f"{key}: is required")

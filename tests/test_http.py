@@ -389,3 +389,18 @@ async def test_admin_token_is_the_configured_one(h):
     await err(await h.req("GET", "/v1/tenants", token="x" * 5000), 401)
     r = await h.req("GET", "/v1/tenants", headers={"Authorization": "Basic abc"}, token=None)
     await err(r, 401, "unauthorized")
+
+
+async def test_tenant_list_is_gzipped_for_clients_that_accept_it_and_current(h):
+    for i in range(30):
+        await h.add(f"t{i:02d}", connected=False)
+    plain = await h.req("GET", "/v1/tenants", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    zipped = await h.req("GET", "/v1/tenants", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert await zipped.json() == await plain.json()  # aiohttp's client inflates it
+    # a state change shows at once, cache or not
+    await h.req("POST", "/v1/tenants/t00/stop")
+    again = await h.req("GET", "/v1/tenants", headers={"Accept-Encoding": "gzip"})
+    states = {t["id"]: t["state"] for t in (await again.json())["tenants"]}
+    assert states["t00"] == "stopped"
