@@ -21,7 +21,7 @@ from loguru import logger
 
 from oxyd import outbox
 from oxyd.clock import Clock
-from oxyd.model import HistorySync, Message, Receipt
+from oxyd.model import Contact, HistorySync, Message, Receipt
 from oxyd.store import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 _INSERT_MESSAGE = (
@@ -133,14 +133,38 @@ class Writer:
 
     async def put(self, tenant: str, payload: Any, *, sent: bool = False) -> None:
         """Waits while the queue is full: back-pressure, never a drop."""
-        while len(self._items) >= self.queue_max:
-            self._has_room.clear()
-            await self._has_room.wait()
+        await self.wait_room()
         self._seq += 1  # no await from here on: sequence numbers follow queue order
         self._items.append(Item(tenant, payload, sent, self.clock.monotonic(), self._seq))
         self.pending_by_tenant[tenant] += 1
         if not self._has_items.is_set():
             self._has_items.set()
+
+    def offer(self, tenant: str, events: list) -> int:
+        """Queue engine events (messages, receipts, history syncs, contacts) without waiting:
+        as many as there is room for, in order; returns how many were taken. The per-message
+        path of ingest, so it does no await and no per-item coroutine."""
+        n = min(len(events), self.queue_max - len(self._items))
+        if n <= 0:
+            return 0
+        now = self.clock.monotonic()
+        seq = self._seq
+        append = self._items.append
+        for ev in events[:n]:
+            seq += 1
+            if isinstance(ev, Contact):
+                ev = ("contact", ev.jid, ev.push_name)
+            append(Item(tenant, ev, False, now, seq))
+        self._seq = seq
+        self.pending_by_tenant[tenant] += n
+        if not self._has_items.is_set():
+            self._has_items.set()
+        return n
+
+    async def wait_room(self) -> None:
+        while len(self._items) >= self.queue_max:
+            self._has_room.clear()
+            await self._has_room.wait()
 
     async def flush(self) -> None:
         """Returns once everything put before this call is committed."""

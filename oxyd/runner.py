@@ -331,10 +331,7 @@ class Runner:
             while self.events:
                 ev = self.events[0]
                 if isinstance(ev, _DATA):
-                    # Popped only once the writer has it: a cancel while the writer's queue is
-                    # full (back-pressure) must not lose the event.
-                    await self.sup.ingest(self.t.id, ev)
-                    self.events.popleft()
+                    await self._ingest()
                     continue
                 self.events.popleft()
                 if isinstance(ev, m.PairQR | m.PairCode):
@@ -351,6 +348,22 @@ class Runner:
             finally:
                 sleeper.cancel()
                 self._waiter = None
+
+    async def _ingest(self) -> None:
+        """Hand the data events at the head of the queue to the writer, in order. They leave
+        the queue only once the writer holds them: a cancel while the writer is full
+        (back-pressure) loses nothing."""
+        events = self.events
+        batch = []
+        for ev in events:
+            if not isinstance(ev, _DATA) or len(batch) == 1000:
+                break
+            batch.append(ev)
+        taken = self.sup.writer.offer(self.t.id, batch)
+        for _ in range(taken):
+            events.popleft()
+        if taken < len(batch):
+            await self.sup.writer.wait_room()
 
     async def _idle_until(self, deadline_mono: float) -> None:
         """Wait (still ingesting late data events); lifecycle events of a stopped client are

@@ -130,9 +130,17 @@ class Supervisor:
                 await asyncio.wait_for(r.client.stop(), grace_s)
             except Exception as e:
                 r.log.warning("client did not stop cleanly: {!r}", e)
-            for ev in list(r.events):  # data that arrived before the stop is still stored
-                if isinstance(ev, m.Message | m.Receipt | m.HistorySync | m.Contact):
-                    await self.ingest(r.t.id, ev)
+            # Data that arrived before the stop is still stored.
+            data = [
+                e
+                for e in r.events
+                if isinstance(e, m.Message | m.Receipt | m.HistorySync | m.Contact)
+            ]
+            while data:
+                taken = self.writer.offer(r.t.id, data)
+                data = data[taken:]
+                if data:
+                    await self.writer.wait_room()
             r.events.clear()
 
         await asyncio.gather(*(stop_one(r) for r in runners))
@@ -170,12 +178,6 @@ class Supervisor:
             task.cancel()
             raise TimeoutError
         return task.result()
-
-    async def ingest(self, tenant_id: str, ev: m.Event) -> None:
-        if isinstance(ev, m.Contact):
-            await self.writer.put(tenant_id, ("contact", ev.jid, ev.push_name))
-        else:
-            await self.writer.put(tenant_id, ev)
 
     async def persist(self, r: Runner, alert: str | None) -> None:
         t = r.t

@@ -404,3 +404,22 @@ async def test_unknown_simulate_action_is_an_error(env):
         with pytest.raises(ValueError):
             await app.supervisor.simulate("t1", bad)
     assert isinstance(EngineError("x"), Exception) and m.State.NEW
+
+
+async def test_back_pressure_from_a_small_writer_queue_loses_nothing(tmp_path):
+    clock = FakeClock()
+    app = await make_app(config(tmp_path, **FAST, STORE_QUEUE_MAX="10", STORE_BATCH_MAX="5"), clock)
+    try:
+        await add_connected(app)
+        assert app.writer.offer("x", [object()] * 0) == 0
+        await sim(app, "t1", action="message", chat="123456", text="m", count=500)
+        # a stop in the middle of the hand-over (the runner is cancelled while waiting for room)
+        await until(lambda: app.writer.stats.stored >= 100)
+        await app.supervisor.stop_tenant("t1")
+        await app.supervisor.start_tenant("t1")
+        await until(lambda: app.writer.stats.stored == 500, what="all 500 stored")
+        async with app.store.ro.execute("SELECT text FROM messages ORDER BY id") as cur:
+            texts = [r[0] for r in await cur.fetchall()]
+        assert texts == [f"m {i + 1}" for i in range(500)]
+    finally:
+        await oxyd_app.stop(app)
