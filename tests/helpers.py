@@ -83,3 +83,47 @@ def oxyd_env(
     )
     env.update(extra)
     return env
+
+
+# Hypothesis strategies shared by the fuzz tests (tests/test_http_fuzz.py and
+# tests/reliability/test_bad_input.py): any JSON value, and the field names the API knows.
+def json_values(max_leaves: int = 12):
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=20)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+BODY_FIELDS = [
+    "id",
+    "engine",
+    "webhook",
+    "to",
+    "text",
+    "media",
+    "phone",
+    "url",
+    "secret",
+    "events",
+    "action",
+    "chat",
+    "count",
+    "ids",
+    "type",
+    "expire_s",
+    "chats",
+    "messages",
+    "from_me",
+]

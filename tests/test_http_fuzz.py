@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
+from helpers import BODY_FIELDS, json_values
 from http_helpers import ADMIN, Harness
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -24,33 +25,8 @@ from hypothesis.errors import Unsatisfiable
 from oxyd import openapi
 from oxyd.http import make_app
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-FIELDS = [
-    "id",
-    "engine",
-    "webhook",
-    "to",
-    "text",
-    "media",
-    "phone",
-    "url",
-    "secret",
-    "events",
-    "action",
-    "chat",
-    "count",
-    "ids",
-    "type",
-    "expire_s",
-    "chats",
-    "messages",
-]
+JSON = json_values(max_leaves=12)
+FIELDS = BODY_FIELDS
 BODIES = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5).map(lambda d: json.dumps(d)),
     JSON.map(json.dumps),
@@ -78,7 +54,8 @@ def _templates(h) -> list[tuple[str, str]]:
         {
             (r.method, r.resource.canonical)
             for r in make_app(h.app).router.routes()
-            if r.method not in ("HEAD", "*") and r.resource is not None
+            if r.method not in ("HEAD", "*")
+            and r.resource is not None
             # a never-ending stream; fuzzed by test_page's bounded reads
             and r.resource.canonical != "/v1/events"
         }

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 
 import aiohttp
 import pytest
+from helpers import BODY_FIELDS, json_values
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from reliakit import scale, tree, until
@@ -60,34 +61,8 @@ TRAVERSAL = [
     "a" * 64,
     "a" * 5000,
 ]
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
-FIELDS = [
-    "id",
-    "engine",
-    "webhook",
-    "to",
-    "text",
-    "media",
-    "phone",
-    "url",
-    "secret",
-    "events",
-    "action",
-    "chat",
-    "count",
-    "ids",
-    "type",
-    "expire_s",
-    "chats",
-    "messages",
-    "from_me",
-]
+JSON = json_values(max_leaves=10)
+FIELDS = BODY_FIELDS
 ACTIONS = [
     "message",
     "receipt",
