@@ -9,3 +9,19 @@ def _quiet_loguru():
     handler = logger.add(lambda m: print(m, end=""), level="DEBUG")
     yield
     logger.remove(handler)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the full versions of tests/reliability (same as OXYD_LONG=1)",
+    )
+
+
+def pytest_configure(config):
+    # Before collection, so tests/reliability sees it when its modules are imported.
+    if config.getoption("--long"):
+        import os
+
+        os.environ["OXYD_LONG"] = "1"

@@ -1,8 +1,8 @@
 """Reliability suite configuration.
 
-Every test here has a short version (the default, what CI runs) and a full one. Set
-``OXYD_LONG=1`` in the environment for the full versions (``--long`` cannot be offered from
-this folder: pytest only registers command-line options from the top-level conftest).
+Every test here has a short version (the default, what CI runs) and a full one:
+``pytest --long`` or ``OXYD_LONG=1``. The option is registered in tests/conftest.py, since
+pytest takes command-line options only from the top-level conftest.
 """
 
 from __future__ import annotations
