@@ -31,6 +31,20 @@ async def open_writer(tmp_path, **kw):
     return store, w
 
 
+def disk_full_for(w: Writer, attempts: int) -> None:
+    """The next `attempts` batch writes fail as SQLite does on a full disk."""
+    real_write = w._write
+    left = {"n": attempts}
+
+    async def write(batch):
+        if left["n"] > 0:
+            left["n"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real_write(batch)
+
+    w._write = write
+
+
 async def count(store, sql, *args):
     async with store.ro.execute(sql, args) as cur:
         return (await cur.fetchone())[0]
@@ -87,16 +101,7 @@ async def test_stop_drains_everything_to_disk(tmp_path):
 
 async def test_failing_writes_are_retried_and_nothing_is_lost(tmp_path):
     store, w = await open_writer(tmp_path)
-    real_write = w._write
-    failures = {"left": 3}
-
-    async def flaky(batch):
-        if failures["left"] > 0:
-            failures["left"] -= 1
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real_write(batch)
-
-    w._write = flaky
+    disk_full_for(w, 3)
     for i in range(100):
         await w.put("a", msg(i))
     await until(lambda: w.failing, what="writer reports failure")
@@ -178,16 +183,7 @@ async def test_cursor_pages_without_gaps_when_many_share_a_millisecond(tmp_path)
 async def test_a_storage_fault_raises_an_alert_once_writes_recover(tmp_path):
     store = await Store.open(tmp_path)
     w = Writer(store, RealClock(), Subscriptions(global_events=()))  # operator: alerts only
-    real_write = w._write
-    failures = {"left": 2}
-
-    async def full_disk(batch):
-        if failures["left"] > 0:
-            failures["left"] -= 1
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real_write(batch)
-
-    w._write = full_disk
+    disk_full_for(w, 2)
     w.start()
     await w.put("a", msg(1))
     await w.flush()
