@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import time
@@ -15,18 +16,21 @@ from oxyd.config import Config, load
 from oxyd.simulator import SimulatorEngine
 
 
-async def until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> object:
-    """Wait for `cond()` to be truthy, polling, with a real-time deadline; returns its value."""
+async def until(
+    cond: Callable[[], object], timeout_s: float = 10.0, what: str = "", step_s: float = 0.005
+) -> object:
+    """Wait for `cond()` (sync or async) to be truthy, polling, with a real-time deadline;
+    returns its value."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = cond()
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(step_s)
 
 
 def sync_until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> None:

@@ -5,7 +5,6 @@ asyncio test, a real webhook receiver, database reads of a dead process, polling
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import signal
@@ -13,12 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from helpers import free_port, until  # shared with tests/; re-exported for this suite
+
+__all__ = ["free_port", "until"]
 
 LONG = os.environ.get("OXYD_LONG", "") == "1"
 TOKEN = "reliability-admin-token-0123456789"
@@ -28,30 +29,6 @@ SECRET = "reliability-webhook-secret"
 def scale(short: Any, long: Any) -> Any:
     """The short figure in CI, the full one with OXYD_LONG=1."""
     return long if LONG else short
-
-
-async def until(
-    cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "", step_s: float = 0.01
-) -> Any:
-    """Poll `cond` (sync or async) until truthy, with a real-time deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = cond()
-        if inspect.isawaitable(out):
-            out = await out
-        if out:
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
-        await asyncio.sleep(step_s)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def daemon_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
