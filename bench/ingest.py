@@ -39,11 +39,11 @@ import time
 
 from loguru import logger
 
-from oxyd import outbox
-from oxyd.batch import _INSERT_MESSAGE, Writer, _message_row
 from oxyd.clock import RealClock
 from oxyd.model import Message, State
-from oxyd.store import DB_NAME, Store
+from oxyd.store import outbox
+from oxyd.store.db import DB_NAME, Store
+from oxyd.store.writer import _INSERT_MESSAGE, Writer, _message_row
 
 TENANTS = 50
 CHATS = 1_000  # in all: 20 per tenant
@@ -217,7 +217,7 @@ async def until(cond, timeout_s: float, what: str, poll_s: float = 0.005) -> Non
 async def whole_path(dirpath: Path, n: int) -> dict:
     from oxyd import app as oxyd_app
     from oxyd.config import load
-    from oxyd.simulator import SimulatorEngine
+    from oxyd.simulator.engine import SimulatorEngine
 
     await asyncio.to_thread(dirpath.mkdir, parents=True, exist_ok=True)
     cfg = load(env={"OXYD_DATA_DIR": str(dirpath), "OXYD_ADMIN_TOKEN": "bench"})

@@ -34,7 +34,7 @@ if (
     sys.path.pop(0)
 
 from oxyd import model
-from oxyd.neonize_engine import NeonizeEngine, import_neonize, process_resources
+from oxyd.neonize.engine import NeonizeEngine, import_neonize, process_resources
 
 
 def build_events(n: int) -> list[tuple[bytes, int]]:

@@ -49,7 +49,7 @@ from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
 from oxyd.model import State
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 TOKEN = "bench-admin-token"
 PYTHON = sys.executable

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import aiohttp
 
-from oxyd import outbox
 from oxyd.clock import RealClock
 from oxyd.config import WebhooksConfig
 from oxyd.model import Tenant
-from oxyd.store import Store
+from oxyd.store import outbox
+from oxyd.store.db import Store
 from oxyd.webhooks import Dispatcher
 
 RECEIVER = r"""

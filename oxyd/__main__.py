@@ -1,5 +1,5 @@
 import sys
 
-from oxyd.cli import main
+from oxyd.cli.main import main
 
 sys.exit(main())

@@ -13,15 +13,16 @@ from typing import Any
 
 from loguru import logger
 
-from oxyd import backup, datadir, outbox
-from oxyd.batch import Writer
+from oxyd import backup, datadir
 from oxyd.clock import Clock, RealClock
 from oxyd.config import EXIT_CONFIG, Config
 from oxyd.engine import Engine
 from oxyd.jobs import Jobs
 from oxyd.notify import Notifier
-from oxyd.simulator import SimulatorEngine
-from oxyd.store import Store
+from oxyd.simulator.engine import SimulatorEngine
+from oxyd.store import outbox
+from oxyd.store.db import Store
+from oxyd.store.writer import Writer
 from oxyd.supervisor import Supervisor
 from oxyd.webhooks import Dispatcher
 
@@ -44,7 +45,7 @@ class App:
 def make_engines(cfg: Config, clock: Clock, neonize_tenants: int = 0) -> dict[str, Engine]:
     engines: dict[str, Engine] = {"simulator": SimulatorEngine(cfg.data_dir, cfg.simulator, clock)}
     try:
-        from oxyd.neonize_engine import NeonizeEngine
+        from oxyd.neonize.engine import NeonizeEngine
 
         engines["neonize"] = NeonizeEngine(
             cfg.data_dir,
@@ -131,7 +132,7 @@ async def stop(app: App) -> None:
 
 async def run(cfg: Config) -> int:
     """The daemon. Returns the exit code."""
-    from oxyd import http
+    from oxyd.http import server as http
 
     loop = asyncio.get_running_loop()
     stop_event = asyncio.Event()

@@ -16,16 +16,17 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from oxyd import datadir, outbox
+from oxyd import datadir
 from oxyd import model as m
-from oxyd.batch import Writer
 from oxyd.clock import Clock
 from oxyd.config import Config
 from oxyd.engine import Engine, NotConnected, OutboundMedia
 from oxyd.model import IDLE, PARKED, State
 from oxyd.ratelimit import TokenBucket
 from oxyd.runner import ACTIONS, Runner
-from oxyd.store import Store
+from oxyd.store import outbox
+from oxyd.store.db import Store
+from oxyd.store.writer import Writer
 
 T = TypeVar("T")
 

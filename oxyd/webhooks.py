@@ -31,10 +31,11 @@ import yarl
 from loguru import logger
 from tenacity import RetryCallState, wait_exponential
 
-from oxyd import __version__, outbox
+from oxyd import __version__
 from oxyd.clock import Clock
 from oxyd.config import WebhooksConfig
-from oxyd.store import Store
+from oxyd.store import outbox
+from oxyd.store.db import Store
 
 USER_AGENT = f"oxyd/{__version__}"
 BATCH_ROWS = 100  # rows read per query, and delivered marks committed per transaction

@@ -13,7 +13,7 @@ from pathlib import Path
 from oxyd import app as oxyd_app
 from oxyd.clock import FakeClock, settle
 from oxyd.config import Config, load
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 
 async def until(

@@ -11,8 +11,8 @@ from helpers import until
 from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
-from oxyd.http import make_app
-from oxyd.simulator import SimulatorEngine
+from oxyd.http.server import make_app
+from oxyd.simulator.engine import SimulatorEngine
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -24,8 +24,6 @@ def config(tmp_path: Path, **env: str):
         "OXYD_SUPERVISOR_STOP_GRACE_S": "2",
     }
     return load(env={**base, **env})
-
-
 
 
 class Harness:

@@ -23,7 +23,7 @@ from oxyd.clock import FakeClock
 from oxyd.config import load as load_config
 from oxyd.datadir import prepare
 from oxyd.model import Tenant
-from oxyd.store import Store
+from oxyd.store.db import Store
 
 KEY = os.urandom(32)
 KEY_B64 = base64.urlsafe_b64encode(KEY).decode()

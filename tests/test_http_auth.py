@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from http_helpers import Harness
 
-from oxyd.http import OPEN_PATHS
+from oxyd.http.server import OPEN_PATHS
 
 ADMIN_ONLY = {
     ("GET", "/metrics"),
@@ -41,7 +41,7 @@ async def _no_webhook(r) -> bool:
 
 
 def routes(h) -> list[tuple[str, str]]:
-    from oxyd.http import make_app
+    from oxyd.http.server import make_app
 
     out = set()
     for route in make_app(h.app).router.routes():

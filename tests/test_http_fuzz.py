@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from oxyd import openapi
-from oxyd.http import make_app
+from oxyd.http import openapi
+from oxyd.http.server import make_app
 
 JSON = json_values(max_leaves=12)
 FIELDS = BODY_FIELDS

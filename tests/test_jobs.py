@@ -19,11 +19,9 @@ from oxyd.config import load as load_config
 from oxyd.datadir import prepare
 from oxyd.jobs import DAY_MS, Jobs
 from oxyd.model import State, Tenant
-from oxyd.store import Store
+from oxyd.store.db import Store
 
 KEY = os.urandom(32)
-
-
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from helpers import until
 
 from oxyd import model
 from oxyd.engine import Client, Engine, EngineError, NotConnected
-from oxyd.neonize_engine import Gate, NeonizeEngine, import_neonize, read_device
+from oxyd.neonize.engine import Gate, NeonizeEngine, import_neonize, read_device
 
 import_neonize()  # before anything else touches neonize (see its docstring)
 npb = pytest.importorskip("neonize.proto.Neonize_pb2")
@@ -45,8 +45,6 @@ def neonize_loop_reset():
 def tid():
     # Unique per test: a NewAClient GC'd later runs Stop(uuid), which must hit nothing live.
     return f"t{uuid.uuid4().hex[:10]}"
-
-
 
 
 async def no_paired_check() -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from oxyd import model
-from oxyd import neonize_events as tr
-from oxyd.neonize_engine import import_neonize
+from oxyd.neonize import events as tr
+from oxyd.neonize.engine import import_neonize
 
 import_neonize()  # before anything else touches neonize (see its docstring)
 npb = pytest.importorskip("neonize.proto.Neonize_pb2")

@@ -9,7 +9,7 @@ from helpers import config, until
 from oxyd import app as oxyd_app
 from oxyd.model import State
 
-neonize_engine = pytest.importorskip("oxyd.neonize_engine")
+neonize_engine = pytest.importorskip("oxyd.neonize.engine")
 neonize_engine.import_neonize()
 
 

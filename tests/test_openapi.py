@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from http_helpers import Harness
 
-from oxyd import openapi
-from oxyd.http import make_app
+from oxyd.http import openapi
+from oxyd.http.server import make_app
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from helpers import until
 
 from oxyd import app as oxyd_app
-from oxyd import page
 from oxyd.clock import RealClock
 from oxyd.config import load
-from oxyd.http import make_app
+from oxyd.http import page
+from oxyd.http.server import make_app
 from oxyd.runner import ACTIONS
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 
 @pytest.fixture

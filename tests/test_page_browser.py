@@ -36,8 +36,6 @@ CHROMIUM = next(
 )
 
 
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,9 +3,9 @@ import stat
 
 import pytest
 
-from oxyd import schema
 from oxyd.model import State, Tenant
-from oxyd.store import SchemaTooNew, Store, hash_token
+from oxyd.store import schema
+from oxyd.store.db import SchemaTooNew, Store, hash_token
 
 
 async def test_fresh_database_jumps_to_latest_and_reopen_is_a_noop(tmp_path):

@@ -16,12 +16,12 @@ from aiohttp import web
 from helpers import until
 from loguru import logger
 
-from oxyd import outbox
-from oxyd.batch import Writer
 from oxyd.clock import FakeClock, RealClock, settle
 from oxyd.config import WebhooksConfig
 from oxyd.model import Message, Tenant
-from oxyd.store import Store
+from oxyd.store import outbox
+from oxyd.store.db import Store
+from oxyd.store.writer import Writer
 from oxyd.webhooks import USER_AGENT, Dispatcher, backoff_s, retry_after_s
 
 SECRET = "s3cret-for-tests"
@@ -35,8 +35,6 @@ def readme_verify() -> Callable[..., bool]:
     scope: dict[str, Any] = {}
     exec(code.group(1), scope)
     return scope["verify"]
-
-
 
 
 class Receiver:

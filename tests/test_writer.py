@@ -3,11 +3,11 @@ import sqlite3
 
 from helpers import until
 
-from oxyd.batch import Writer
 from oxyd.clock import RealClock
 from oxyd.model import HistorySync, Message, Receipt
-from oxyd.outbox import Subscriptions
-from oxyd.store import Store
+from oxyd.store.db import Store
+from oxyd.store.outbox import Subscriptions
+from oxyd.store.writer import Writer
 
 
 def msg(i, chat="c1@s.whatsapp.net", ms=None, **kw):

@@ -28,9 +28,9 @@ from yarl import URL
 from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
-from oxyd.http import make_app
+from oxyd.http.server import make_app
 from oxyd.model import State, valid_tenant_id
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 pytestmark = pytest.mark.timeout(scale(170, 1200))
 

@@ -23,9 +23,9 @@ from reliakit import Daemon, until
 from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
-from oxyd.http import make_app
+from oxyd.http.server import make_app
 from oxyd.model import PARKED, State
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 pytestmark = pytest.mark.timeout(120)
 ADMIN = "corrupt-admin-token-0123456789"

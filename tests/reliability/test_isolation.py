@@ -31,7 +31,7 @@ from oxyd.clock import RealClock
 from oxyd.config import load
 from oxyd.engine import EngineError
 from oxyd.model import State
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 pytestmark = pytest.mark.timeout(scale(170, 900))
 

@@ -31,9 +31,9 @@ from reliakit import read_db, scale, until
 from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
-from oxyd.http import make_app
+from oxyd.http.server import make_app
 from oxyd.model import State
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 pytestmark = pytest.mark.timeout(scale(120, 600))
 ADMIN = "storage-admin-token-0123456789"

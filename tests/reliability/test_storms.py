@@ -21,7 +21,7 @@ from oxyd import app as oxyd_app
 from oxyd.clock import RealClock
 from oxyd.config import load
 from oxyd.model import State
-from oxyd.simulator import SimulatorEngine
+from oxyd.simulator.engine import SimulatorEngine
 
 N = scale(200, 500)
 LIMIT = 8

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 def _plugins() -> list:
     """Subcommands that live with the module that implements them."""
     mods = []
-    for name in ("oxyd.client", "oxyd.backup"):
+    for name in ("oxyd.cli.client", "oxyd.backup"):
         try:
             mods.append(__import__(name, fromlist=["register"]))
         except ImportError:

@@ -277,7 +277,7 @@ def invalidate_on_write(cache: Any):
 
 
 def make_app(app: App) -> web.Application:
-    from oxyd import metrics, openapi, routes, routes_data
+    from oxyd.http import metrics, openapi, routes, routes_data
 
     registry = metrics.Metrics(app)
     list_cache = routes.ListCache()
@@ -296,7 +296,7 @@ def make_app(app: App) -> web.Application:
     web_app[metrics.METRICS] = registry
     web_app[routes.LIST_CACHE] = list_cache
     web_app.add_routes(routes.table)
-    from oxyd import page  # page.py imports APP from here
+    from oxyd.http import page  # page.py imports APP from here
 
     page.setup(web_app)  # GET /, GET /v1/events, and ends event streams at shutdown
     web_app.add_routes(routes_data.table)

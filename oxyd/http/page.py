@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http import APP, TOKEN_TENANT
+from oxyd.http.server import APP, TOKEN_TENANT
 
 table = web.RouteTableDef()
 
@@ -29,7 +29,7 @@ QUEUE_MAX = 1000  # events buffered per stream; a client that falls this far beh
 WRITE_TIMEOUT_S = 10.0  # a client whose socket stays full this long is gone (or stuck): end it
 STREAMS: web.AppKey[set[asyncio.Event]] = web.AppKey("oxyd_page_streams", set)
 
-HTML = resources.files("oxyd").joinpath("status.html").read_bytes()
+HTML = resources.files("oxyd.http").joinpath("status.html").read_bytes()
 
 
 def _hashes(tag: str) -> str:

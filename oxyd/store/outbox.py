@@ -1,6 +1,6 @@
 """Webhook events as outbox rows: who is subscribed to what, and the event body.
 
-The rows are written in the same transaction as the data they describe (see batch.py and
+The rows are written in the same transaction as the data they describe (see writer.py and
 Store.save_state), so a crash leaves both or neither; webhooks.py delivers them through the
 queries at the end of this module.
 """
@@ -21,7 +21,7 @@ from oxyd.config import WEBHOOK_EVENTS
 if TYPE_CHECKING:
     # Typing only: store.py imports nothing from here, but keep the import graph one-way.
     from oxyd.clock import Clock
-    from oxyd.store import Store
+    from oxyd.store.db import Store
 
 ALERTS = tuple(e for e in WEBHOOK_EVENTS if e.startswith("alert."))
 GLOBAL = "global"

@@ -1,4 +1,4 @@
-"""One tenant's neonize session (see oxyd/neonize_engine.py for the rules it keeps)."""
+"""One tenant's neonize session (see oxyd/neonize/engine.py for the rules it keeps)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-from oxyd import neonize_events as tr
 from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
 from oxyd.model import (
     ClientOutdated,
@@ -23,10 +22,11 @@ from oxyd.model import (
     StreamReplaced,
     TemporaryBan,
 )
-from oxyd.neonize_pair import PairingRun
+from oxyd.neonize import events as tr
+from oxyd.neonize.pair import PairingRun
 
 if TYPE_CHECKING:
-    from oxyd.neonize_engine import NeonizeEngine
+    from oxyd.neonize.engine import NeonizeEngine
 
 log = logging.getLogger("oxyd.neonize")
 
@@ -147,7 +147,7 @@ class NeonizeClient:
         """The tenant's one NewAClient, created on first use with every handler registered
         (Go only forwards event codes subscribed before connect). Tests feed events into it."""
         if self._nc is None:
-            from oxyd.neonize_engine import import_neonize
+            from oxyd.neonize.engine import import_neonize
 
             import_neonize()
             from neonize.aioze import events as nev

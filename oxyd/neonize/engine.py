@@ -17,7 +17,7 @@ from /work/shared/neonize-notes.md (several neonize calls kill the whole process
 - Handlers are registered before the first connect and hand events to the sink before any await.
 - Any end of the connect task is reported as ClientDead unless we stopped it or a terminal
   event (LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated, ConnectFailure) explained it.
-- Pairing runs in a short-lived child process (oxyd/neonize_pair.py), killed on timeout, so an
+- Pairing runs in a short-lived child process (oxyd/neonize/pair.py), killed on timeout, so an
   abandoned QR login cannot leave a Go thread blocked in the daemon.
 - close() stops every client within `stop_grace_s` and returns False if a neonize thread is still
   stuck: the daemon then flushes its store and calls os._exit (close() never exits by itself).
@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from oxyd.clock import Clock, RealClock
 from oxyd.engine import Sink
 from oxyd.model import valid_tenant_id
-from oxyd.neonize_client import NeonizeClient, read_device, store_dsn
+from oxyd.neonize.client import NeonizeClient, read_device, store_dsn
 
 log = logging.getLogger("oxyd.neonize")
 
@@ -163,7 +163,7 @@ class NeonizeEngine:
         # How long a connect keeps the gate exclusive when no event arrives (notes: ~3 s).
         self.connect_hold_s = 3.0
         # The pairing child; tests point it at a fake script.
-        self.pair_argv: list[str] = [sys.executable, "-m", "oxyd.neonize_pair"]
+        self.pair_argv: list[str] = [sys.executable, "-m", "oxyd.neonize.pair"]
         self.gate = Gate()
         self.closing = False
         self._clients: dict[str, NeonizeClient] = {}

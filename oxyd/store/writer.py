@@ -19,10 +19,10 @@ from typing import Any
 
 from loguru import logger
 
-from oxyd import outbox
 from oxyd.clock import Clock
 from oxyd.model import Contact, HistorySync, Message, Receipt
-from oxyd.store import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
+from oxyd.store import outbox
+from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (tenant, chat, sender, wa_id, from_me, sent_at_ms, kind, text,"

@@ -1,4 +1,4 @@
-"""oxyd.sqlite3: open + migrate, tenants, tokens, queries (SQL lives here, schema.py, batch.py).
+"""oxyd.sqlite3: open + migrate, tenants, tokens, queries (with schema.py, writer.py, outbox.py).
 
 One write connection guarded by a lock (so a transaction is never interleaved with another
 coroutine's statements), and one read connection for the HTTP side: WAL lets readers see
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from oxyd import schema
 from oxyd.model import State, Tenant
+from oxyd.store import schema
 
 DB_NAME = "oxyd.sqlite3"
 T = TypeVar("T")

@@ -140,7 +140,7 @@ class OxydCollector(Collector):
 
 @table.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    from oxyd.http import require_admin
+    from oxyd.http.server import require_admin
 
     require_admin(request)
     body = request.app[METRICS].render()

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from oxyd.engine import EngineError, NotConnected
-from oxyd.http import (
+from oxyd.http.server import (
     APP,
     TOKEN_TENANT,
     ApiError,
@@ -170,7 +170,7 @@ async def add_tenant(request: web.Request) -> web.Response:
     app = request.app[APP]
     if engine not in app.engines:
         raise ApiError(400, "engine_unavailable", f"engine: {engine} is not available here")
-    from oxyd.routes_data import set_webhook, webhook_fields
+    from oxyd.http.routes_data import set_webhook, webhook_fields
 
     hook = webhook_fields(body["webhook"], "webhook.") if body.get("webhook") is not None else None
     data = await app.supervisor.add(tid, engine)
@@ -329,7 +329,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 @table.post("/v1/tenants/{id}/simulate")
 async def simulate(request: web.Request) -> web.Response:
-    from oxyd.simulator import SimulationError
+    from oxyd.simulator.engine import SimulationError
 
     tid = tenant_id(request)
     app = request.app[APP]

@@ -1,4 +1,4 @@
-"""Pairing in a short-lived child process: `python -m oxyd.neonize_pair STORE UUID [PHONE]`.
+"""Pairing in a short-lived child process: `python -m oxyd.neonize.pair STORE UUID [PHONE]`.
 
 An abandoned whatsmeow QR login can leave a Go thread blocked forever, so the daemon never runs
 one itself. The child connects an empty store, prints one JSON object per line on stdout and
@@ -167,7 +167,7 @@ async def _watch_parent(parent_pid: int, limit_s: float) -> None:
 
 
 async def _pair(store: str, uuid: str, phone: str | None) -> int:
-    from oxyd.neonize_engine import quiet_neonize_logs, store_dsn
+    from oxyd.neonize.engine import quiet_neonize_logs, store_dsn
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=8))
@@ -175,7 +175,7 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
     from neonize.aioze import events as nev
     from neonize.aioze.client import NewAClient
 
-    from oxyd.neonize_events import jid_str
+    from oxyd.neonize.events import jid_str
 
     nev.event_global_loop = loop
     watcher = asyncio.ensure_future(_watch_parent(os.getppid(), MAX_CHILD_S))
@@ -237,7 +237,7 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
 
 def main(argv: list[str]) -> None:
     if len(argv) not in (2, 3):
-        sys.stderr.write("usage: python -m oxyd.neonize_pair STORE UUID [PHONE]\n")
+        sys.stderr.write("usage: python -m oxyd.neonize.pair STORE UUID [PHONE]\n")
         os._exit(2)
     # Before neonize's import runs basicConfig: its INFO lines must not reach stdout.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

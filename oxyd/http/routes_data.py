@@ -11,7 +11,8 @@ from aiohttp import web
 
 from oxyd.config import WEBHOOK_EVENTS
 from oxyd.engine import OutboundMedia
-from oxyd.http import (
+from oxyd.http.routes import int_param, no_body, ok, query_param
+from oxyd.http.server import (
     APP,
     ApiError,
     body_limit_bytes,
@@ -21,7 +22,6 @@ from oxyd.http import (
     read_limited,
     tenant_id,
 )
-from oxyd.routes import int_param, no_body, ok, query_param
 
 table = web.RouteTableDef()
 

@@ -1,0 +1,1 @@
+"""The control port: server (app factory, middlewares), routes, OpenAPI, metrics, status page."""

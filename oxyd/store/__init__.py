@@ -1,0 +1,1 @@
+"""oxyd.sqlite3: db (open, migrate, queries), schema, writer (batched ingest), outbox rows."""
