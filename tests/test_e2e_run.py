@@ -94,9 +94,10 @@ def test_probes_and_sigterm_drains_every_queued_row(daemon):
         {"action": "message", "chat": "15551234567", "text": "x", "count": 20000},
     )
     assert code == 202, body
-    started = time.monotonic()
-    assert daemon.stop() == 0  # SIGTERM right away: whatever is queued must reach the disk
-    assert time.monotonic() - started < 5
+    # SIGTERM right away: whatever is queued must reach the disk. No wall-clock bound here (it
+    # failed at 6.6 s on two loaded cores): the daemon's own stop_grace_s bounds the drain, and a
+    # drain cut short by it would show in the row count below.
+    assert daemon.stop(timeout_s=60) == 0
     con = sqlite3.connect(daemon.data_dir / "oxyd.sqlite3")
     assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 20000
     con.close()
