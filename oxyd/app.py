@@ -13,7 +13,7 @@ from typing import Any
 
 from loguru import logger
 
-from oxyd import backup, datadir
+from oxyd import backup, datadir, dirlock
 from oxyd.clock import Clock, RealClock
 from oxyd.config import EXIT_CONFIG, Config
 from oxyd.engine import Engine
@@ -160,6 +160,27 @@ async def run(cfg: Config) -> int:
             logger.error("backup.schedule is set but {}", e)
             return EXIT_CONFIG
 
+    # The lock before anything in the directory is opened; the port before any tenant starts.
+    try:
+        lock = dirlock.acquire(cfg.data_dir)
+    except dirlock.DirectoryInUse as e:
+        logger.error("{}", e)
+        return dirlock.EXIT_IN_USE
+    try:
+        socks = http.bind(cfg.http.host, cfg.http.port)
+    except OSError as e:
+        logger.error("{}", e)
+        lock.release()
+        return 1
+    try:
+        return await _run_locked(cfg, socks, stop_event, key, notifier)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, notifier) -> int:
+    from oxyd.http import server as http
+
     app = await build(cfg)
     logger.info("data directory {}", cfg.data_dir.resolve())
     await start(app)
@@ -179,7 +200,7 @@ async def run(cfg: Config) -> int:
     )
     jobs.start()
     app.extras["jobs"] = jobs
-    runner = await http.serve(app)
+    runner = await http.serve(app, socks)
     logger.info("listening on http://{}:{}", cfg.http.host, cfg.http.port)
     notifier.ready(_status_line(app))
     side_tasks = [

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from loguru import logger
 
+from oxyd import dirlock
 from oxyd.clock import RealClock
 from oxyd.datadir import prepare, tenant_folders
 
@@ -398,6 +399,8 @@ def _is_empty(data_dir: Path) -> bool:
         # A surviving backups/ folder (where the archive often lives) does not count.
         if p.name == "backups" and p.is_dir():
             continue
+        if p.name == dirlock.LOCK_FILE:  # ours: restore holds it while it works
+            continue
         if p.name == "tenants" and p.is_dir() and not any(p.iterdir()):
             continue
         return False
@@ -405,12 +408,23 @@ def _is_empty(data_dir: Path) -> bool:
 
 
 def _restore(archive: Path, data_dir: Path, key: bytes, force: bool) -> dict:
+    # A daemon on this directory would keep writing into the files replaced below, and its
+    # acknowledged messages would vanish at the next start: refuse while anyone holds it.
+    manifest = _walk(archive, key, None)  # nothing is written unless this passes
+    with dirlock.acquire(data_dir):
+        _restore_locked(archive, data_dir, key, force)
+    return manifest
+
+
+def _restore_locked(archive: Path, data_dir: Path, key: bytes, force: bool) -> None:
     if not force and not _is_empty(data_dir):
         raise BackupError(f"{data_dir} is not empty: use --force to replace its contents")
-    manifest = _walk(archive, key, None)  # nothing is written unless this passes
     # Staged inside the data directory: it may be a mount point (a container volume) whose
     # parent is neither writable nor on the same filesystem.
     prepare(data_dir)
+    st = data_dir.stat()
+    if os.geteuid() == 0 and st.st_uid != 0:  # sudo oxyd restore: the service must open it
+        os.chown(data_dir / dirlock.LOCK_FILE, st.st_uid, st.st_gid)
     staging = Path(tempfile.mkdtemp(prefix=".oxyd-restore-", dir=data_dir))
     try:
         _walk(archive, key, staging)  # authenticated again: the file may have changed since
@@ -424,7 +438,6 @@ def _restore(archive: Path, data_dir: Path, key: bytes, force: bool) -> dict:
             os.replace(p, data_dir / p.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return manifest
 
 
 def _settle(root: Path, data_dir: Path) -> None:
@@ -519,6 +532,9 @@ def _cli_restore(args: Any, cfg: Any) -> int:
     try:
         key = load_key(cfg)
         m = asyncio.run(restore_backup(args.archive, args.data_dir, key, force=args.force))
+    except dirlock.DirectoryInUse as e:
+        print(f"oxyd restore: {e}: stop it first", file=sys.stderr)
+        return dirlock.EXIT_IN_USE
     except (BackupError, OSError) as e:
         print(f"oxyd restore: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -307,9 +308,36 @@ def make_app(app: App) -> web.Application:
     return web_app
 
 
-async def serve(app: App) -> web.AppRunner:
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host`, taken before any tenant starts: a port
+    in use must stop the daemon at once, not after it connected every session. Connections
+    that arrive before serve() wait in the backlog instead of being refused."""
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            s = socket.socket(family, kind, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(512)
+            s.setblocking(False)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return socks
+
+
+async def serve(app: App, socks: list[socket.socket] | None = None) -> web.AppRunner:
     runner = web.AppRunner(make_app(app), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, app.cfg.http.host, app.cfg.http.port, reuse_address=True)
-    await site.start()
+    if socks is None:
+        socks = bind(app.cfg.http.host, app.cfg.http.port)
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
     return runner
