@@ -90,6 +90,10 @@ async def build(
     writer.kick = sup.kick = disp.kick
     app = App(cfg, clock, store, writer, subs, sup, disp, engines, token, clock.now_ms())
     app.extras["webhooks"] = disp
+    if cfg.cluster.nodes > 1:
+        from oxyd.cluster import node
+
+        await node.attach(app)  # before any tenant starts: it decides which ones may
     return app
 
 
@@ -101,6 +105,8 @@ async def start(app: App) -> None:
         if starter is not None:
             await starter()
     await app.supervisor.start()
+    for hook in app.extras.get("on_start", ()):
+        await hook()
 
 
 async def stop(app: App) -> None:
@@ -110,6 +116,8 @@ async def stop(app: App) -> None:
     jobs = app.extras.get("jobs")
     if jobs is not None:
         await jobs.stop()
+    for hook in app.extras.get("on_stop", ()):
+        await hook()
     await app.supervisor.stop()
     try:
         await asyncio.wait_for(app.writer.stop(), grace_s + 30)

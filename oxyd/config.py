@@ -207,6 +207,48 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster mode (design §16): `nodes` 1 is off. `node` is this node's ordinal, or `auto`
+    for the number ending the hostname (a StatefulSet pod is named <set>-<ordinal>)."""
+
+    nodes: int = 1
+    node: str = "auto"
+    peer_url: str | None = None
+    token_file: Path | None = None
+    # How often a node retries handing off tenants it holds but no longer owns.
+    move_interval_s: float = 10.0
+    # A peer that does not accept a connection within this time counts as unavailable.
+    peer_timeout_s: float = 5.0
+
+    def validate(self, p: str) -> None:
+        _check(1 <= self.nodes <= 1024, f"{p}.nodes", "must be between 1 and 1024")
+        _check(
+            self.node == "auto" or (self.node.isdigit() and int(self.node) < 1024),
+            f"{p}.node",
+            "must be 'auto' or a node ordinal (0, 1, ...)",
+        )
+        _check(self.move_interval_s > 0, f"{p}.move_interval_s", "must be positive")
+        _check(self.peer_timeout_s > 0, f"{p}.peer_timeout_s", "must be positive")
+        if self.nodes > 1:
+            _check(
+                bool(self.peer_url) and "{n}" in (self.peer_url or ""),
+                f"{p}.peer_url",
+                "is required with cluster.nodes > 1, as a template with {n}"
+                " (e.g. http://oxyd-{n}.oxyd-peers:8780)",
+            )
+            _check(
+                (self.peer_url or "").startswith(("http://", "https://")),
+                f"{p}.peer_url",
+                "must be an http:// or https:// URL template",
+            )
+            _check(
+                self.token_file is not None,
+                f"{p}.token_file",
+                "is required with cluster.nodes > 1 (the shared secret of node-to-node calls)",
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("./data")
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -219,6 +261,7 @@ class Config:
     backup: BackupConfig = field(default_factory=BackupConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def as_dict(self, *, mask: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"data_dir": str(self.data_dir)}
@@ -275,6 +318,8 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
         )
         return float(value)
     if tp is str:
+        if path == "cluster.node" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `node: 2` in YAML is an ordinal, as `node: "2"` is
         _check(isinstance(value, str), path, "must be a string")
         return value
     if tp is Path:

@@ -75,6 +75,10 @@ class Supervisor:
         self.broken: str | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self.version = 0  # bumped on every published change; caches key on it
+        # Cluster mode: tenants not to restore at start (a move of theirs is unfinished), and
+        # fields added to every tenant object ("node").
+        self.skip: Callable[[str], bool] = lambda tenant_id: False
+        self.extra_fields: dict[str, Any] = {}
 
     # ---- lifecycle ----
 
@@ -99,6 +103,8 @@ class Supervisor:
         for tid, wh in (await self.store.webhooks()).items():
             self.subs.set_tenant(tid, wh["events"])
         for t in rows.values():
+            if self.skip(t.id):
+                continue
             if t.engine not in self.engines:
                 logger.bind(tenant=t.id).error("unknown engine {!r}; tenant left idle", t.engine)
                 continue
@@ -230,7 +236,10 @@ class Supervisor:
 
     def tenant_json(self, r: Runner) -> dict[str, Any]:
         r.t.queue_depth = r.queue_depth
-        return r.t.as_json()
+        data = r.t.as_json()
+        if self.extra_fields:
+            data.update(self.extra_fields)
+        return data
 
     def runner(self, tenant_id: str) -> Runner:
         r = self.runners.get(tenant_id)

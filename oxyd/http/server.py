@@ -289,6 +289,8 @@ def make_app(app: App) -> web.Application:
             metrics_middleware(registry.observe_request),
             invalidate_on_write(list_cache),
             errors,
+            # Cluster mode routes a tenant's requests to its node before any token check.
+            *app.extras.get("middlewares", ()),
             auth,
         ],
         client_max_size=max(app.cfg.http.max_body_bytes, media_limit),

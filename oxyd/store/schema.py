@@ -126,6 +126,19 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_pending ON outbox(status, destination, id);
     CREATE INDEX outbox_tenant ON outbox(tenant, status, id);
     """,
+    # v2: cluster moves (design §16). The key is `tenant_id`, not `tenant`: these rows are
+    # the node's own bookkeeping and never travel in a tenant's archive.
+    """
+    CREATE TABLE cluster_moves (
+        tenant_id     TEXT NOT NULL,
+        direction     TEXT NOT NULL,        -- 'out': handing it to peer, 'in': received from peer
+        peer          INTEGER NOT NULL,
+        sha256        TEXT,
+        step          TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, direction)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
