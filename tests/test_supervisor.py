@@ -222,6 +222,28 @@ async def test_library_reconnect_that_lasts_too_long_is_rebuilt(tmp_path):
         await oxyd_app.stop(app)
 
 
+async def test_failed_library_reconnect_counts_one_failure_before_the_gated_attempt(env):
+    """The accounting behind the storms test: the drop whose library reconnect fails is one
+    counted failure, the gated reconnect carries it, and only stable_after_s clears it."""
+    app, clock = env
+    await add_connected(app)
+    r = app.supervisor.runners["t1"]
+    connects = app.supervisor.gate.total
+    await sim(app, "t1", action="fail_connects", count=1)
+    await sim(app, "t1", action="disconnect")
+    await until(
+        lambda: r.t.state is State.BACKOFF and r.t.failures == 1 and waiting(r),
+        what="backoff after the failed library reconnect",
+    )
+    assert app.supervisor.gate.total == connects  # counted before any gated attempt
+    await advance(clock, 2.1, step_s=0.5)
+    await until(lambda: r.t.state is State.CONNECTED, what="gated reconnect")
+    assert app.supervisor.gate.total == connects + 1
+    assert r.t.failures == 1  # a bare "connected" does not clear it
+    await advance(clock, 61, step_s=5)
+    await until(lambda: r.t.failures == 0, what="cleared after stable_after_s")
+
+
 async def test_disconnect_is_the_librarys_reconnect_not_ours(env):
     app, _clock = env
     await add_connected(app)
