@@ -115,6 +115,11 @@ class OxydCollector(Collector):
         )
         yield CounterMetricFamily("oxyd_writer_batches", "Writer batches", value=stats.batches)
         yield CounterMetricFamily(
+            "oxyd_writer_dead_lettered",
+            "Items the store refused every time (isolated, logged, not stored)",
+            value=stats.rejected,
+        )
+        yield CounterMetricFamily(
             "oxyd_writer_duplicates", "Redelivered messages ignored", value=stats.duplicates
         )
         gate = sup.gate

@@ -34,6 +34,7 @@ MAX_TEXT_CHARS = 65_536
 MAX_URL_CHARS = 2048
 MAX_SECRET_CHARS = 512
 MAX_LIST = 1000
+MAX_EVENT_TYPES = 64  # every event type fits many times over; more is not a real request
 
 
 # ---- sending ----
@@ -136,6 +137,8 @@ def webhook_fields(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         raise ApiError(
             400, "invalid_field", f"{prefix}secret: must be 1 to {MAX_SECRET_CHARS} characters"
         )
+    if events is not None and len(events) > MAX_EVENT_TYPES:
+        raise ApiError(400, "invalid_field", f"{prefix}events: at most {MAX_EVENT_TYPES} entries")
     if events is not None and (not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)):
         raise ApiError(
             400,

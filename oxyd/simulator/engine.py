@@ -24,6 +24,9 @@ from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
 STATE_FILE = "simulator.json"
 QR_ROTATE_MS = 20_000
 MAX_COUNT = 100_000
+# WhatsApp acknowledges a few ids per receipt; a list this long is a request built to hurt.
+MAX_RECEIPT_IDS = 1000
+HISTORY_CHUNK = 5000  # messages per simulated history blob
 
 
 class SimulationError(ValueError):
@@ -276,6 +279,8 @@ class SimulatorClient:
         ids = _field(a, "ids", list, required=True)
         if not ids or not all(isinstance(i, str) for i in ids):
             raise SimulationError("ids: must be a non-empty list of message ids")
+        if len(ids) > MAX_RECEIPT_IDS:
+            raise SimulationError(f"ids: at most {MAX_RECEIPT_IDS} message ids per receipt")
         rtype = _field(a, "type", str, required=True)
         if rtype not in ("delivered", "read", "played"):
             raise SimulationError("type: must be delivered, read or played")
@@ -336,10 +341,23 @@ class SimulatorClient:
         if not (0 <= chats <= 10_000 and 0 <= per_chat <= 10_000 and chats * per_chat <= 10**6):
             raise SimulationError("chats, messages: at most 10000 each and 1000000 in all")
         now = self.engine.clock.now_ms()
-        msgs, names = [], []
+        msgs: list[m.Message] = []
+        names: dict[str, str] = {}
+        total = blobs = 0
+
+        def flush() -> None:
+            # WhatsApp sends a long history as a series of blobs; so does the simulator, and
+            # each is its own transaction, not one holding the database for a million rows.
+            nonlocal blobs
+            blobs += 1
+            sync = m.HistorySync("INITIAL_BOOTSTRAP", len(names), tuple(msgs), tuple(names.items()))
+            self._deliver(sync)
+            msgs.clear()
+            names.clear()
+
         for c in range(chats):
             chat = f"1666{c:07d}@s.whatsapp.net"
-            names.append((chat, f"History chat {c}"))
+            names[chat] = f"History chat {c}"
             for i in range(per_chat):
                 msgs.append(
                     m.Message(
@@ -352,8 +370,14 @@ class SimulatorClient:
                         from_history=True,
                     )
                 )
-        self._deliver(m.HistorySync("INITIAL_BOOTSTRAP", chats, tuple(msgs), tuple(names)))
-        return {"conversations": chats, "messages": len(msgs)}
+                total += 1
+                if len(msgs) >= HISTORY_CHUNK:
+                    flush()
+                    if i + 1 < per_chat:  # the chat goes on in the next blob
+                        names[chat] = f"History chat {c}"
+        if msgs or names or not blobs:
+            flush()
+        return {"conversations": chats, "messages": total}
 
 
 def _field(

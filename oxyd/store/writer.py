@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from loguru import logger
 
 from oxyd.clock import Clock
 from oxyd.model import Contact, HistorySync, Message, Receipt
-from oxyd.store import outbox
+from oxyd.store import faults, outbox
 from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 _INSERT_MESSAGE = (
@@ -34,6 +33,9 @@ _STATUS_RANK = (
     " WHEN 'played' THEN 4 ELSE 0 END"
 )
 _RANK = {"delivered": 2, "read": 3, "played": 4}
+# Variables per `IN (...)` list built from input: far below SQLite's limit (32,766 since 3.32,
+# 999 before), so no list an engine reports can make a statement that is refused every time.
+IN_CHUNK = 500
 _RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
 
 
@@ -188,7 +190,15 @@ class Writer:
         while True:
             await self._has_items.wait()
             items = self._items
-            batch = [items.popleft() for _ in range(min(self.batch_max, len(items)))]
+            # Bounded by rows written, not items: a history sync or a receipt for many ids
+            # weighs what it writes, so no transaction holds the database for long.
+            batch = [items.popleft()]
+            weight = _weight(batch[0])
+            while items and weight < self.batch_max and len(batch) < self.batch_max:
+                weight += _weight(items[0])
+                if weight > self.batch_max:
+                    break
+                batch.append(items.popleft())
             if not items:
                 self._has_items.clear()
             if len(items) < self.queue_max:
@@ -208,33 +218,27 @@ class Writer:
             try:
                 stored = await self._write(batch)
                 break
-            except sqlite3.OperationalError as e:
-                if self._fault_since_ms is None:
-                    self._fault_since_ms = self.clock.now_ms()
-                # Disk full, database locked, I/O error: transient from our side. Keep the
-                # batch and retry; readiness reports the failure meanwhile.
-                self._failed(e)
-                logger.error(
-                    "store write failed ({}); retrying in {:.2f}s, {} rows held",
-                    e,
-                    delay_s,
-                    len(batch),
-                )
-                await self.clock.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
             except Exception as e:
-                # A bug or a row SQLite refuses: isolate the bad item instead of retrying the
-                # whole batch forever.
-                self._failed(e)
-                if len(batch) == 1:
-                    self.stats.rejected += 1
-                    logger.opt(exception=e).error(
-                        "store refused an item of tenant {}: {!r}",
-                        batch[0].tenant,
-                        batch[0].payload
-                        if not isinstance(batch[0].payload, Message)
-                        else batch[0].payload.wa_id,
+                if faults.transient(e):
+                    # Disk full, database locked, I/O error: the machine's fault, not the
+                    # batch's. Keep it and retry; readiness reports the failure meanwhile.
+                    if self._fault_since_ms is None:
+                        self._fault_since_ms = self.clock.now_ms()
+                    self._failed(e)
+                    logger.error(
+                        "store write failed ({}); retrying in {:.2f}s, {} rows held",
+                        e,
+                        delay_s,
+                        len(batch),
                     )
+                    await self.clock.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 5.0)
+                    continue
+                # SQLite refuses something in this batch every time (or a bug does): retrying
+                # it whole would stop storage for every tenant. Halve until the item is found.
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                if len(batch) == 1:
+                    self._dead_letter(batch[0], e)
                     stored = {}
                     break
                 mid = len(batch) // 2
@@ -275,6 +279,27 @@ class Writer:
             self.kick()
         except Exception as e:
             logger.error("could not queue the storage alert: {}", e)
+
+    def _dead_letter(self, it: Item, e: Exception) -> None:
+        """The one item SQLite refuses every time: logged (what it was, never its content)
+        and counted (oxyd_writer_dead_lettered); everything around it was committed."""
+        self.stats.rejected += 1
+        p = it.payload
+        if isinstance(p, Message):
+            what = f"message {p.wa_id!r} in {p.chat!r}"
+        elif isinstance(p, Receipt):
+            what = f"{p.type} receipt for {len(p.wa_ids)} ids in {p.chat!r}"
+        elif isinstance(p, HistorySync):
+            what = f"history sync of {len(p.messages)} messages"
+        else:
+            what = f"{p[0]!r} item"
+        logger.bind(tenant=it.tenant).opt(exception=e).error(
+            "store refused a {} every time ({}: {}); dead-lettered, the rest of its batch"
+            " was stored",
+            what,
+            type(e).__name__,
+            str(e)[:200],
+        )
 
     def _failed(self, e: Exception) -> None:
         self.stats.failures += 1
@@ -436,16 +461,29 @@ class Writer:
         )
         db.executemany(sql, [(*args, _RANK[r.type], r.type, tenant, r.chat, i) for i in r.wa_ids])
         if self.subs.wants(tenant, "message.status"):
-            marks = ",".join("?" * len(r.wa_ids))
-            cur = db.execute(
-                f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=?"
-                f" AND wa_id IN ({marks})",
-                (tenant, r.chat, *r.wa_ids),
-            )
-            for row in cur.fetchall():
-                events += outbox.rows(
-                    self.subs, tenant, "message.status", message_json(row), now_ms
+            # The ids come from outside: chunked, or a long list would exceed SQLite's limit
+            # on variables and be refused every time.
+            for i in range(0, len(r.wa_ids), IN_CHUNK):
+                chunk = r.wa_ids[i : i + IN_CHUNK]
+                cur = db.execute(
+                    f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=?"
+                    f" AND wa_id IN ({','.join('?' * len(chunk))})",
+                    (tenant, r.chat, *chunk),
                 )
+                for row in cur.fetchall():
+                    events += outbox.rows(
+                        self.subs, tenant, "message.status", message_json(row), now_ms
+                    )
+
+
+def _weight(it: Item) -> int:
+    """Rows an item writes, roughly: what a batch is bounded by."""
+    p = it.payload
+    if isinstance(p, HistorySync):
+        return 1 + len(p.messages)
+    if isinstance(p, Receipt):
+        return max(1, len(p.wa_ids))
+    return 1
 
 
 def _message_data(m: Message, status: str) -> dict[str, Any]:
