@@ -73,6 +73,7 @@ async def receive(request: web.Request) -> web.Response:
     if tid in node.importing:
         raise ApiError(409, "tenant_moving", f"tenant {tid!r} is being imported already")
     node.importing.add(tid)
+    logger.bind(tenant=tid).info("receiving the tenant from node {}", source)
     path = handover.work_dir(app, "in", f"{tid}.tar")
     try:
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,206 @@
+"""Cluster mode end to end (design §16): three, then four real `oxyd run` processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from cluster_helpers import Node, TwiceWatch, free_cluster_port
+from helpers import sync_until
+
+from oxyd.cluster.ring import owner
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+TENANTS = [f"t{i:02d}" for i in range(12)]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = free_cluster_port(4)
+    nodes = [Node(tmp_path, n, port) for n in range(4)]
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+def _start(nodes: list[Node], count: int) -> None:
+    for node in nodes:
+        node.start(count, wait=False)
+    for node in nodes:
+        node.wait_up()
+
+
+def _where(nodes: list[Node]) -> dict[str, int]:
+    out = {}
+    for node in nodes:
+        for tid in node.local_ids() or ():
+            out[tid] = node.n
+    return out
+
+
+def _state(node: Node, tid: str) -> str | None:
+    return (node.call("GET", f"/v1/tenants/{tid}")[1] or {}).get("state")
+
+
+def _messages(node: Node, tid: str) -> list[str]:
+    code, body, _ = node.call("GET", f"/v1/tenants/{tid}/messages?limit=1000")
+    assert code == 200, body
+    return [m["id"] for m in body["messages"]]
+
+
+def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster):
+    three = cluster[:3]
+    _start(three, 3)
+    n0, n1, n2 = three
+
+    # Tenants created through node 0 land on their owners.
+    for tid in TENANTS:
+        code, body, _ = n0.call("POST", "/v1/tenants", {"id": tid, "engine": "simulator"})
+        assert code == 201, body
+        assert body["node"] == owner(tid, 3)
+    assert n1.call("POST", "/v1/tenants", {"id": "t00", "engine": "simulator"})[0] == 409
+    assert _where(three) == {tid: owner(tid, 3) for tid in TENANTS}
+    sync_until(
+        lambda: all(t["state"] == "connected" for t in n1.call("GET", "/v1/tenants")[1]["tenants"]),
+        30,
+        "all connected",
+    )
+
+    # Every route through every node: simulate, read, send, tokens, pairing.
+    code, listing, _ = n2.call("GET", "/v1/tenants")
+    assert code == 200 and [t["id"] for t in listing["tenants"]] == TENANTS
+    assert [x["status"] for x in listing["nodes"]] == ["ok", "ok", "ok"]
+    for i, tid in enumerate(TENANTS[:6]):
+        via = three[i % 3]
+        code, body, _ = via.call(
+            "POST",
+            f"/v1/tenants/{tid}/simulate",
+            {"action": "message", "chat": "15550001111", "text": "hi", "count": 20},
+        )
+        assert code == 202, body
+    for tid in TENANTS[:6]:
+        sync_until(lambda tid=tid: len(_messages(n0, tid)) == 20, 20, f"{tid} messages")
+        assert _messages(n1, tid) == _messages(n2, tid) == _messages(n0, tid)
+    remote = next(t for t in TENANTS if owner(t, 3) != 0)
+    code, sent, _ = n0.call(
+        "POST", f"/v1/tenants/{remote}/messages", {"to": "+15550002222", "text": "out"}
+    )
+    assert code in (200, 202), sent
+    code, tok, _ = n0.call("POST", f"/v1/tenants/{remote}/tokens")
+    assert code == 201
+    tenant_token = tok["token"]
+    for via in three:  # the owner checks the tenant's token, whichever node was asked
+        code, body, _ = via.call("GET", f"/v1/tenants/{remote}", token=tenant_token)
+        assert code == 200 and body["id"] == remote and body["node"] == owner(remote, 3)
+        code, body, _ = via.call("GET", "/v1/tenants", token=tenant_token)
+        assert code == 200 and [t["id"] for t in body["tenants"]] == [remote]
+        other = next(t for t in TENANTS if t != remote)
+        # Never served; refused by the other tenant's node, which does not know the token.
+        assert via.call("GET", f"/v1/tenants/{other}", token=tenant_token)[0] in (401, 404)
+    assert n0.call("GET", f"/v1/tenants/{remote}", token="wrong-token-xxxxxxxx")[0] == 401
+    assert n0.call("POST", f"/v1/tenants/{remote}/logout")[0] == 202
+    sync_until(lambda: n1.call("GET", f"/v1/tenants/{remote}")[1]["state"] == "logged_out", 20)
+    assert n1.call("POST", f"/v1/tenants/{remote}/pair", {})[0] == 202
+    sync_until(lambda: (n2.call("GET", f"/v1/tenants/{remote}/pairing")[1] or {}).get("qr"), 20)
+    sync_until(lambda: n0.call("GET", f"/v1/tenants/{remote}")[1]["state"] == "connected", 20)
+    code, health, _ = n1.call("GET", "/v1/health")
+    assert code == 200 and health["total"] == len(TENANTS)
+
+    # A node down: its tenants answer 503 node_unavailable, the others still work.
+    n2.kill()
+    down = [t for t in TENANTS if owner(t, 3) == 2]
+    up = [t for t in TENANTS if owner(t, 3) != 2]
+    assert down and up
+    code, body, headers = n0.call("GET", f"/v1/tenants/{down[0]}/messages")
+    assert code == 503 and body["error"]["code"] == "node_unavailable"
+    assert int(headers["Retry-After"]) > 0
+    assert n1.call("GET", f"/v1/tenants/{up[0]}/messages")[0] == 200
+    code, listing, _ = n0.call("GET", "/v1/tenants")
+    assert code == 200 and {t["id"] for t in listing["tenants"]} == set(up)
+    assert [x["status"] for x in listing["nodes"]] == ["ok", "ok", "unavailable"]
+    code, health, _ = n0.call("GET", "/v1/health")
+    assert code == 200 and any(a["state"] == "node_unavailable" for a in health["alerts"])
+    n2.start(3)
+
+    # Scale out 3 -> 4: every node restarts with cluster.nodes=4 and node 3 joins.
+    counts = {t: len(_messages(n0, t)) for t in TENANTS}
+    jids = {t["id"]: t["jid"] for t in n0.call("GET", "/v1/tenants")[1]["tenants"]}
+    for node in three:
+        assert node.stop() == 0
+    rehashed = {t for t in TENANTS if owner(t, 4) != owner(t, 3)}
+    assert rehashed and all(owner(t, 4) == 3 for t in rehashed)
+    with TwiceWatch(cluster) as watch:
+        _start(cluster, 4)
+        sync_until(lambda: _where(cluster) == {t: owner(t, 4) for t in TENANTS}, 90, "moved")
+    assert watch.rounds > 3 and not watch.twice
+    for node in three:  # only the re-hashed tenants moved
+        moved = {t for t in TENANTS if f"[{t}] moved to node 3" in node.log()}
+        assert moved == {t for t in rehashed if owner(t, 3) == node.n}
+    n3 = cluster[3]
+    for tid in TENANTS:
+        assert len(_messages(n3, tid)) == counts[tid], tid
+    sync_until(
+        lambda: all(t["state"] == "connected" for t in n0.call("GET", "/v1/tenants")[1]["tenants"]),
+        30,
+    )
+    after = {t["id"]: t["jid"] for t in n0.call("GET", "/v1/tenants")[1]["tenants"]}
+    assert after == jids  # the device store (simulator state) moved: same account
+    for tid in rehashed:  # nothing of a moved tenant stays behind
+        old = cluster[owner(tid, 3)]
+        con = sqlite3.connect(old.data_dir / "oxyd.sqlite3")
+        try:
+            assert (
+                con.execute("SELECT count(*) FROM messages WHERE tenant=?", (tid,)).fetchone()[0]
+                == 0
+            )
+            assert con.execute("SELECT count(*) FROM cluster_moves").fetchone()[0] == 0
+        finally:
+            con.close()
+        assert not (old.data_dir / "tenants" / tid).exists()
+    # The moved tenant's token works on its new node, through any node.
+    if remote in rehashed:
+        assert n0.call("GET", f"/v1/tenants/{remote}", token=tenant_token)[1]["node"] == 3
+
+
+def test_receiving_node_killed_mid_move_loses_nothing_and_runs_nothing_twice(cluster):
+    two = cluster[:2]
+    _start(two, 2)
+    # Tenants that node 2 will own once there are three nodes, with enough rows to make a
+    # move take a moment.
+    movers = [t for t in (f"m{i:02d}" for i in range(40)) if owner(t, 3) == 2][:4]
+    stayers = [t for t in (f"s{i:02d}" for i in range(40)) if owner(t, 3) != 2][:2]
+    for tid in movers + stayers:
+        assert two[0].call("POST", "/v1/tenants", {"id": tid, "engine": "simulator"})[0] == 201
+    for tid in movers:
+        sync_until(
+            lambda tid=tid: two[0].call("GET", f"/v1/tenants/{tid}")[1]["state"] == "connected", 20
+        )
+        body = {"action": "message", "chat": "15550001111", "text": "x" * 200, "count": 5000}
+        assert two[0].call("POST", f"/v1/tenants/{tid}/simulate", body)[0] == 202
+    for tid in movers:
+        sync_until(
+            lambda tid=tid: two[0].call("GET", f"/v1/tenants/{tid}")[1]["messages_stored"] == 5000,
+            60,
+        )
+    for node in two:
+        assert node.stop() == 0
+    n2 = cluster[2]
+    three = cluster[:3]
+    with TwiceWatch(three) as watch:
+        _start(three, 3)
+        sync_until(lambda: "receiving the tenant" in n2.log(), 60, "a move begins")
+        n2.kill()  # SIGKILL in the middle of a move
+        time.sleep(1)
+        n2.start(3)
+        sync_until(lambda: _where(three) == {t: owner(t, 3) for t in movers + stayers}, 120)
+    assert not watch.twice
+    for tid in movers:
+        code, body, _ = n2.call("GET", f"/v1/tenants/{tid}")
+        assert code == 200 and body["messages_stored"] == 5000, body
+        con = sqlite3.connect(n2.data_dir / "oxyd.sqlite3")
+        try:
+            n = con.execute("SELECT count(*) FROM messages WHERE tenant=?", (tid,)).fetchone()[0]
+        finally:
+            con.close()
+        assert n == 5000
