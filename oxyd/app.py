@@ -6,6 +6,7 @@ HTTP stops first (no new work), tenants stop, queues drain to disk, the database
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from dataclasses import dataclass, field
@@ -90,11 +91,32 @@ async def build(
     writer.kick = sup.kick = disp.kick
     app = App(cfg, clock, store, writer, subs, sup, disp, engines, token, clock.now_ms())
     app.extras["webhooks"] = disp
+    media = app.extras["media"] = _media_downloads(cfg, store, subs, clock, sup, writer, disp)
+    # Started after the supervisor (downloads need its clients), stopped before it (a partial
+    # download is redone at the next start).
+    app.extras.setdefault("on_start", []).append(media.start)
+    app.extras.setdefault("on_stop", []).append(media.stop)
     if cfg.cluster.nodes > 1:
         from oxyd.cluster import node
 
         await node.attach(app)  # before any tenant starts: it decides which ones may
     return app
+
+
+def _media_downloads(cfg, store, subs, clock, sup, writer, disp):
+    from oxyd.media.downloader import Downloads
+    from oxyd.model import State
+    from oxyd.store.media import MediaTable
+
+    def client_of(tenant_id: str):
+        r = sup.runners.get(tenant_id)
+        return None if r is None else (r.client, r.t.state is State.CONNECTED)
+
+    downloads = Downloads(cfg.media, cfg.data_dir, MediaTable(store, subs), clock, client_of)
+    downloads.kick = disp.kick
+    writer.media_cfg = cfg.media
+    writer.on_media = downloads.wake
+    return downloads
 
 
 async def start(app: App) -> None:
@@ -204,6 +226,7 @@ async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, 
         health_sweep=app.supervisor.health_sweep,
         make_backup=make_backup,
         prune_outbox=app.webhooks.prune,
+        media_sweep=functools.partial(_media_sweep, app),
         clock=app.clock,
     )
     jobs.start()
@@ -227,6 +250,15 @@ async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, 
         logger.warning("a WhatsApp client thread is stuck; leaving without waiting for it")
         os._exit(0)
     return 0
+
+
+async def _media_sweep(app: App) -> dict:
+    from oxyd.media import retention
+
+    downloads = app.extras["media"]
+    return await retention.sweep(
+        app.cfg.media, app.cfg.data_dir, downloads.table, downloads, app.clock
+    )
 
 
 def _status_line(app: App) -> str:

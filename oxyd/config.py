@@ -35,7 +35,10 @@ WEBHOOK_EVENTS = (
     "alert.failed",
     "alert.zombie",
     "alert.storage",
+    "message.media",
+    "alert.media_quota",
 )
+MEDIA_TYPES = ("image", "video", "audio", "voice", "document", "sticker")
 
 
 class ConfigError(ValueError):
@@ -173,6 +176,8 @@ class BackupConfig:
     schedule: str | None = None
     keep: int = 7
     key_file: Path | None = None
+    # Media files can outgrow everything else by orders of magnitude; off by default.
+    media: bool = False
 
     def validate(self, p: str) -> None:
         _check(self.keep >= 1, f"{p}.keep", "must be at least 1")
@@ -194,6 +199,41 @@ class RetentionConfig:
         if self.messages_days is not None:
             _check(self.messages_days > 0, f"{p}.messages_days", "must be positive")
         _check(self.unpaired_days > 0, f"{p}.unpaired_days", "must be positive")
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    download: bool = True
+    max_bytes: int = 104_857_600
+    types: tuple[str, ...] = ("all",)
+    quota_mb: float = 0.0  # per tenant; 0 = no quota
+    retention_days: float = 0.0  # 0 = keep forever
+    concurrency: int = 4
+    history: bool = False  # also download the media of history-sync messages
+    # Transient failures (network, tenant offline) are retried with backoff this many times.
+    max_attempts: int = 8
+    retry_base_s: float = 5.0
+    retry_cap_s: float = 600.0
+    # How long the phone gets to re-upload an expired file.
+    reupload_timeout_s: float = 60.0
+
+    def validate(self, p: str) -> None:
+        _check(self.max_bytes >= 1, f"{p}.max_bytes", "must be positive")
+        for t in self.types:
+            _check(
+                t == "all" or t in MEDIA_TYPES,
+                f"{p}.types",
+                f"unknown media type {t!r}; use 'all' or some of {list(MEDIA_TYPES)}",
+            )
+        _check(self.quota_mb >= 0, f"{p}.quota_mb", "must not be negative (0 = no quota)")
+        _check(self.retention_days >= 0, f"{p}.retention_days", "must not be negative (0 = keep)")
+        _check(1 <= self.concurrency <= 256, f"{p}.concurrency", "must be between 1 and 256")
+        _check(self.max_attempts >= 1, f"{p}.max_attempts", "must be at least 1")
+        for name in ("retry_base_s", "retry_cap_s", "reupload_timeout_s"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be a positive number of seconds")
+
+    def wants(self, media_type: str) -> bool:
+        return "all" in self.types or media_type in self.types
 
 
 @dataclass(frozen=True)
@@ -260,6 +300,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

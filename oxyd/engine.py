@@ -55,6 +55,22 @@ class Client(Protocol):
         """Send a message; returns it as sent (WhatsApp's id and time). Raises NotConnected."""
         ...
 
+    async def download_media(self, ref: str, dest: str, max_bytes: int) -> dict:
+        """Download the media file `ref` (Media.ref) into the file `dest`, streamed where the
+        library allows. Returns {"status": "ok", "size", "sha256" (hex of the plain bytes)},
+        or {"status": "expired" | "too_large", "error"} when the CDN copy is gone
+        (403/404/410) / the file is over `max_bytes`. Raises EngineError (NotConnected) for
+        transient failures. Plain data in and out: it crosses an engine host's pipe."""
+        ...
+
+    async def request_media_reupload(
+        self, ref: str, chat: str, sender: str, wa_id: str, from_me: bool
+    ) -> str:
+        """Ask the phone to upload an expired file again (whatsmeow's media retry receipt);
+        returns the new reference. Raises EngineError when the phone cannot or the engine
+        does not support it."""
+        ...
+
     async def pair(self, phone: str | None) -> None:
         """Start pairing an unpaired store: PairQR / PairCode events, then PairSuccess or
         PairFailed."""

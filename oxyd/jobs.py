@@ -36,6 +36,7 @@ class Jobs:
         health_sweep: Callable[[], Awaitable[dict]],
         make_backup: Callable[[], Awaitable[Path]] | None = None,
         prune_outbox: Callable[[], Awaitable[int]] | None = None,
+        media_sweep: Callable[[], Awaitable[Any]] | None = None,
         clock: Any = None,
         retention_interval_s: float = 3600.0,
         optimize_interval_s: float = 6 * 3600.0,
@@ -47,6 +48,7 @@ class Jobs:
         self._health_sweep = health_sweep
         self._make_backup = make_backup
         self._prune_outbox = prune_outbox
+        self._media_sweep = media_sweep
         self._intervals_s = (retention_interval_s, optimize_interval_s, first_retention_after_s)
         # Cron in UTC, like the names of the archives it writes.
         self.scheduler = AsyncIOScheduler(
@@ -82,6 +84,13 @@ class Jobs:
             self._add(
                 "prune_outbox",
                 self._prune_outbox_job,
+                IntervalTrigger(seconds=retention_s),
+                next_run_time=now + timedelta(seconds=first_s),
+            )
+        if self._media_sweep is not None:
+            self._add(
+                "media_retention",
+                self._media_sweep,
                 IntervalTrigger(seconds=retention_s),
                 next_run_time=now + timedelta(seconds=first_s),
             )

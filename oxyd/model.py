@@ -49,6 +49,10 @@ class Media:
     duration_s: int | None = None
     width: int | None = None
     height: int | None = None
+    caption: str | None = None
+    # How the engine finds the file again (opaque to everything but that engine): the
+    # simulator's CDN token, neonize's serialised media message. Never shown through the API.
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

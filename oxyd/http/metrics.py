@@ -141,6 +141,34 @@ class OxydCollector(Collector):
         yield GaugeMetricFamily(
             "oxyd_start_time_ms", "When this process started (Unix ms)", value=self.app.started_ms
         )
+        media = self.app.extras.get("media")
+        if media is not None:
+            yield from media_metrics(media)
+
+
+def media_metrics(downloads: Any) -> Iterator[Metric]:
+    results = CounterMetricFamily(
+        "oxyd_media_downloads",
+        "Media downloads by result (stored, deduplicated, failed, skipped, retried, expired,"
+        " reuploaded)",
+        labels=["result"],
+    )
+    for result in ("stored", "deduplicated", "failed", "skipped", "retried", "expired"):
+        results.add_metric([result], downloads.results.get(result, 0))
+    results.add_metric(["reuploaded"], downloads.results.get("reuploaded", 0))
+    yield results
+    stored = GaugeMetricFamily(
+        "oxyd_media_bytes_stored", "Bytes of media files on disk per tenant", labels=["tenant"]
+    )
+    for tid, n in sorted(downloads.bytes_by_tenant.items()):
+        stored.add_metric([tid], n)
+    yield stored
+    yield GaugeMetricFamily(
+        "oxyd_media_queue_depth", "Media downloads waiting", value=downloads.queue_depth
+    )
+    yield GaugeMetricFamily(
+        "oxyd_media_downloads_in_flight", "Media downloads running", value=downloads.in_flight
+    )
 
 
 @table.get("/metrics")

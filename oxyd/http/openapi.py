@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from oxyd import __version__
-from oxyd.config import WEBHOOK_EVENTS
+from oxyd.config import MEDIA_TYPES, WEBHOOK_EVENTS
 from oxyd.model import ENGINES, State
 
 table = web.RouteTableDef()
@@ -43,6 +43,7 @@ ERROR_TEXT = {
     404: "No such tenant (or not visible to this token)",
     409: "Conflict with the tenant's state",
     413: "Body too large",
+    416: "Range not satisfiable",
     429: "Send rate limit reached; see Retry-After",
     503: "Not available right now",
 }
@@ -114,7 +115,7 @@ SCHEMAS: dict[str, Any] = {
             "delivered_at_ms": MS,
             "read_at_ms": MS,
             "played_at_ms": MS,
-            "media": _nullable("object"),
+            "media": {"anyOf": [_ref("IncomingMedia"), {"type": "null"}]},
             "chat_alt": _nullable("string"),
             "sender_alt": _nullable("string"),
             "ref_id": _nullable("string"),
@@ -132,6 +133,21 @@ SCHEMAS: dict[str, Any] = {
             "delivered_at_ms",
             "read_at_ms",
         ),
+    ),
+    "IncomingMedia": _obj(
+        {
+            "type": {"type": "string", "enum": list(MEDIA_TYPES)},
+            "mime": _nullable("string"),
+            "size": MS,
+            "sha256": _nullable("string"),
+            "filename": _nullable("string"),
+            "caption": _nullable("string"),
+            "duration_s": MS,
+            "status": {"type": "string", "enum": ["pending", "stored", "failed", "skipped"]},
+            "reason": _nullable("string"),
+            "url": _nullable("string"),
+        },
+        ("type", "status", "url"),
     ),
     "Chat": _obj(
         {
@@ -244,6 +260,9 @@ def _op(
 
 
 TENANT_OK = _json(_ref("Tenant"), "The tenant object")
+BYTES = {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}
+MSG_ID_PARAM = {"name": "msg_id", "in": "path", "required": True, "schema": STR}
+SHA_PARAM = {"name": "sha256", "in": "path", "required": True, "schema": STR}
 READY = _json(_obj({"status": STR, "checks": {"type": "object"}}, ("status", "checks")))
 
 
@@ -391,6 +410,27 @@ def paths() -> dict[str, Any]:
                 (),
                 params=[_query("chat", STR, "a chat JID; all chats if absent"), LIMIT, CURSOR],
             ),
+        },
+        "/v1/tenants/{id}/messages/{msg_id}/media": {
+            "post": _op(
+                "Download a message's media again (after failed or skipped)",
+                202,
+                _json(_ref("Message"), "The message; 202 queued, 200 stored already"),
+                (409,),
+                params=[MSG_ID_PARAM],
+                reads_body=True,
+            )
+        },
+        "/v1/tenants/{id}/media/{sha256}": {
+            "get": {
+                **_op("A stored media file (Range, ETag, 304)", 200, BYTES, (), params=[SHA_PARAM]),
+                "responses": {
+                    "200": BYTES,
+                    "206": {**BYTES, "description": "The requested range"},
+                    "304": {"description": "Not modified (If-None-Match)"},
+                    **_errors(400, 401, 404, 416),
+                },
+            }
         },
         "/v1/tenants/{id}/chats": {
             "get": _op(

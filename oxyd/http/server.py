@@ -303,6 +303,9 @@ def make_app(app: App) -> web.Application:
 
     page.setup(web_app)  # GET /, GET /v1/events, and ends event streams at shutdown
     web_app.add_routes(routes_data.table)
+    from oxyd.http import media
+
+    web_app.add_routes(media.table)
     web_app.add_routes(metrics.table)
     web_app.add_routes(openapi.table)
     for extra in app.extras.get("route_tables", ()):

@@ -20,6 +20,7 @@ from oxyd import model as m
 from oxyd.clock import Clock
 from oxyd.config import SimulatorConfig
 from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
+from oxyd.simulator import media as sim_media
 
 STATE_FILE = "simulator.json"
 QR_ROTATE_MS = 20_000
@@ -48,6 +49,7 @@ class SimulatorEngine:
         # Message ids need to be unique, not unpredictable: os.urandom per message was an
         # eighth of a load test's CPU.
         self._ids = random.Random(secrets.randbits(128))
+        self.cdn = sim_media.SimulatedCdn(data_dir)
 
     def wa_id(self) -> str:
         return f"3EB0{self._ids.getrandbits(64):016X}"
@@ -60,6 +62,7 @@ class SimulatorEngine:
     async def close(self) -> None:
         for c in self.clients.values():
             await c.stop()
+        await self.cdn.close()
 
 
 class SimulatorClient:
@@ -164,6 +167,16 @@ class SimulatorClient:
         )
         return msg
 
+    async def download_media(self, ref: str, dest: str, max_bytes: int) -> dict:
+        self._require_connected()
+        return await self.engine.cdn.download(self.tenant_id, ref, dest, max_bytes)
+
+    async def request_media_reupload(
+        self, ref: str, chat: str, sender: str, wa_id: str, from_me: bool
+    ) -> str:
+        self._require_connected()
+        return await self.engine.cdn.reupload(self.tenant_id, ref)
+
     async def pair(self, phone: str | None) -> None:
         if await self.is_paired():
             raise EngineError("already paired")
@@ -244,12 +257,22 @@ class SimulatorClient:
 
     async def _a_message(self, a: dict[str, Any]) -> dict[str, Any]:
         chat = _field(a, "chat", str, required=True)
-        text = _field(a, "text", str, required=True)
+        media = None
+        if a.get("media") is not None:
+            try:
+                req = sim_media.parse_request(a["media"])
+            except sim_media.MediaRequestError as e:
+                raise SimulationError(str(e)) from None
+        text = _field(a, "text", str, required=a.get("media") is None)
+        expired = _field(a, "expired", bool, default=False)
         count = _field(a, "count", int, default=1)
         if not 1 <= count <= MAX_COUNT:
             raise SimulationError(f"count: must be between 1 and {MAX_COUNT}")
         wa_id = _field(a, "id", str)
         from_me = _field(a, "from_me", bool, default=False)
+        if a.get("media") is not None:
+            media = await sim_media.build_media(self.engine.cdn, self.tenant_id, req, expired)
+            text = media.caption
         dev = await self._load()
         chat = _jid(chat)
         group = chat.endswith("@g.us")
@@ -266,11 +289,13 @@ class SimulatorClient:
                     sender=sender,
                     from_me=from_me,
                     sent_at_ms=now,
-                    text=text if count == 1 else f"{text} {i + 1}",
+                    kind="text" if media is None else req["type"],
+                    media=media,
+                    text=text if count == 1 or text is None else f"{text} {i + 1}",
                     push_name=None if from_me else "Simulated Contact",
                     is_group=group,
                     is_broadcast=chat == "status@broadcast",
-                    raw=text.encode()[:64],
+                    raw=(text or "").encode()[:64],
                 )
             )
         return {"delivered": self.connected and not self.stalled, "ids": ids[:1000]}
@@ -399,7 +424,10 @@ def _field(
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 _ACTIONS = {
-    "message": ({"chat", "text", "count", "id", "from_me"}, SimulatorClient._a_message),
+    "message": (
+        {"chat", "text", "count", "id", "from_me", "media", "expired"},
+        SimulatorClient._a_message,
+    ),
     "receipt": ({"ids", "type", "chat"}, SimulatorClient._a_receipt),
     "disconnect": (set(), SimulatorClient._a_disconnect),
     "fail_connects": ({"count"}, SimulatorClient._a_fail_connects),

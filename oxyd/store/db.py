@@ -269,7 +269,14 @@ class Store:
                 (tenant_id, f"t:{tenant_id}"),
             )
             if purge:
-                for table in ("messages", "chats", "contacts", "tenant_counts", "history_syncs"):
+                for table in (
+                    "messages",
+                    "chats",
+                    "contacts",
+                    "tenant_counts",
+                    "history_syncs",
+                    "media",
+                ):
                     await db.execute(f"DELETE FROM {table} WHERE tenant=?", (tenant_id,))
 
     # ---- tokens ----

@@ -139,6 +139,51 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (tenant_id, direction)
     ) WITHOUT ROWID;
     """,
+    # v3: incoming media. One row per media message: the download queue and its outcome.
+    # Keyed like messages (not by messages.id) so a tenant's rows can move between databases.
+    # The message row's `media` JSON mirrors status/url for readers; this table is the truth.
+    """
+    CREATE TABLE media (
+        id              INTEGER PRIMARY KEY,
+        tenant          TEXT NOT NULL,
+        chat            TEXT NOT NULL,
+        sender          TEXT NOT NULL,
+        wa_id           TEXT NOT NULL,
+        from_me         INTEGER NOT NULL,
+        type            TEXT NOT NULL,
+        mime            TEXT,
+        size            INTEGER,
+        expected_sha256 TEXT,
+        sha256          TEXT,
+        ref             TEXT,
+        status          TEXT NOT NULL,
+        reason          TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        reuploaded      INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        sent_at_ms      INTEGER NOT NULL,
+        queued_at_ms    INTEGER NOT NULL,
+        done_at_ms      INTEGER,
+        UNIQUE (tenant, chat, sender, wa_id)
+    );
+    CREATE INDEX media_pending ON media(status, tenant, id);
+    CREATE INDEX media_sha ON media(tenant, sha256);
+    CREATE INDEX media_wa_id ON media(tenant, wa_id);
+
+    -- Media JSON written before v3 had another shape and no download: show it as skipped.
+    UPDATE messages SET media = json_object(
+        'type', kind,
+        'mime', json_extract(media, '$.mime'),
+        'size', json_extract(media, '$.size_bytes'),
+        'sha256', NULL,
+        'filename', json_extract(media, '$.filename'),
+        'caption', text,
+        'duration_s', json_extract(media, '$.duration_s'),
+        'status', 'skipped',
+        'reason', 'received before this oxyd version downloaded media',
+        'url', NULL
+    ) WHERE media IS NOT NULL AND json_extract(media, '$.status') IS NULL;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -10,17 +10,18 @@ excluded, without a query per message.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from oxyd.clock import Clock
+from oxyd.config import MediaConfig
 from oxyd.model import Contact, HistorySync, Message, Receipt
 from oxyd.store import faults, outbox
+from oxyd.store import media as media_rows
 from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 _INSERT_MESSAGE = (
@@ -36,6 +37,7 @@ _RANK = {"delivered": 2, "read": 3, "played": 4}
 # Variables per `IN (...)` list built from input: far below SQLite's limit (32,766 since 3.32,
 # 999 before), so no list an engine reports can make a statement that is refused every time.
 IN_CHUNK = 500
+_MEDIA_DEFAULTS = MediaConfig()  # frozen: safe to share
 _RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
 
 
@@ -62,10 +64,10 @@ class WriterStats:
     stored_by_tenant: Counter = field(default_factory=Counter)
 
 
-def _message_row(tenant: str, m: Message, now_ms: int) -> tuple:
-    media = (
-        json.dumps({k: v for k, v in asdict(m.media).items() if v is not None}) if m.media else None
-    )
+def _message_row(
+    tenant: str, m: Message, now_ms: int, media_cfg: MediaConfig = _MEDIA_DEFAULTS
+) -> tuple:
+    media = media_rows.initial_json(media_cfg, tenant, m) if m.media else None
     status = "sent" if m.from_me else "received"
     return (
         tenant,
@@ -121,6 +123,9 @@ class Writer:
         self._task: asyncio.Task | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self._fault_since_ms: int | None = None  # an OperationalError streak (disk, locks)
+        self.media_cfg = MediaConfig()
+        # Called after a commit that queued media downloads (wakes the downloader).
+        self.on_media: Callable[[], None] = lambda: None
 
     @property
     def depth(self) -> int:
@@ -316,17 +321,23 @@ class Writer:
         contacts: dict[tuple[str, str], str] = {}
         names: dict[tuple[str, str], str] = {}
         events: list[tuple] = []
+        media_msgs: dict[tuple[str, str, str, str], Message] = {}
         for it in batch:
             p = it.payload
             if isinstance(p, Message):
-                rows.append(_message_row(it.tenant, p, now_ms))
+                rows.append(_message_row(it.tenant, p, now_ms, self.media_cfg))
                 live.setdefault((it.tenant, p.chat, p.sender, p.wa_id), it)
+                if p.media is not None:
+                    media_msgs.setdefault((it.tenant, p.chat, p.sender, p.wa_id), p)
                 if p.push_name and not p.from_me:
                     contacts[(it.tenant, p.sender)] = p.push_name
             elif isinstance(p, Receipt):
                 receipts.append(it)
             elif isinstance(p, HistorySync):
                 histories.append(it)
+                for hm in p.messages:
+                    if hm.media is not None:
+                        media_msgs.setdefault((it.tenant, hm.chat, hm.sender, hm.wa_id), hm)
                 for jid, name in p.chat_names:
                     names[(it.tenant, jid)] = name
             elif p[0] == "contact":
@@ -335,13 +346,15 @@ class Writer:
                 names[(it.tenant, p[1])] = p[2]
             elif p[0] == "event":
                 events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
-        new_rows, synced, stored_by_tenant = await self.store.run_tx(
+        new_rows, synced, stored_by_tenant, media_pending = await self.store.run_tx(
             lambda conn: self._apply(
-                conn, now_ms, rows, live, histories, contacts, names, receipts, events
+                conn, now_ms, rows, live, histories, contacts, names, receipts, events, media_msgs
             )
         )
         if events:
             self.kick()
+        if media_pending:
+            self.on_media()
         self.stats.stored += len(new_rows)
         self.stats.duplicates += (
             len(rows) + sum(len(h.messages) for _, h, _ in synced) - len(new_rows)
@@ -358,7 +371,9 @@ class Writer:
                 self._on_history(tenant, h, stored)
         return stored_by_tenant
 
-    def _apply(self, conn, now_ms, rows, live, histories, contacts, names, receipts, events):
+    def _apply(
+        self, conn, now_ms, rows, live, histories, contacts, names, receipts, events, media_msgs
+    ):
         """The whole batch in one call on the database thread: one hop per batch instead of
         one per statement (runs inside Store.run_tx's transaction)."""
         max_before = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
@@ -368,7 +383,8 @@ class Writer:
         for it in histories:
             h: HistorySync = it.payload
             cur = conn.executemany(
-                _INSERT_MESSAGE, [_message_row(it.tenant, m, now_ms) for m in h.messages]
+                _INSERT_MESSAGE,
+                [_message_row(it.tenant, m, now_ms, self.media_cfg) for m in h.messages],
             )
             stored = max(cur.rowcount, 0)
             synced.append((it.tenant, h, stored))
@@ -390,6 +406,11 @@ class Writer:
             (max_before,),
         ).fetchall()
         stored_by_tenant = self._derive(conn, new_rows, live, events, now_ms)
+        media_pending = (
+            media_rows.queue_new(conn, self.media_cfg, new_rows, media_msgs, now_ms)
+            if media_msgs
+            else 0
+        )
         if contacts:
             conn.executemany(
                 "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
@@ -409,7 +430,7 @@ class Writer:
             self._receipt(conn, it.tenant, it.payload, events, now_ms)
         if events:
             conn.executemany(OUTBOX_INSERT, events)
-        return new_rows, synced, stored_by_tenant
+        return new_rows, synced, stored_by_tenant, media_pending
 
     def _derive(self, db, new_rows, live, events, now_ms) -> dict[str, int]:
         """Chats, per-tenant counters and message webhooks from the rows really inserted."""
@@ -426,7 +447,9 @@ class Writer:
                 continue
             etype = "message.sent" if it.sent else "message.received"
             if self.subs.wants(tenant, etype):
-                data = _message_data(it.payload, "sent" if from_me else "received")
+                data = _message_data(
+                    tenant, it.payload, "sent" if from_me else "received", self.media_cfg
+                )
                 events += outbox.rows(self.subs, tenant, etype, data, now_ms)
         if chats:
             db.executemany(
@@ -486,7 +509,7 @@ def _weight(it: Item) -> int:
     return 1
 
 
-def _message_data(m: Message, status: str) -> dict[str, Any]:
+def _message_data(tenant: str, m: Message, status: str, media_cfg: MediaConfig) -> dict[str, Any]:
     return {
         "id": m.wa_id,
         "chat": m.chat,
@@ -500,7 +523,9 @@ def _message_data(m: Message, status: str) -> dict[str, Any]:
         "delivered_at_ms": None,
         "read_at_ms": None,
         "played_at_ms": None,
-        "media": {k: v for k, v in asdict(m.media).items() if v is not None} if m.media else None,
+        "media": media_rows.media_object(tenant, m, *media_rows.policy_status(media_cfg, m))
+        if m.media
+        else None,
         "chat_alt": m.chat_alt,
         "sender_alt": m.sender_alt,
         "ref_id": m.ref_id,

@@ -1,0 +1,1 @@
+"""Incoming media: the download service, the content-addressed files, retention."""

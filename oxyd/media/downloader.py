@@ -1,0 +1,394 @@
+"""Background downloads of incoming media: durable, fair between tenants, bounded.
+
+The queue lives in the `media` table (rows are added by the writer in the same transaction as
+their message, so a restart resumes every pending download). In memory: one deque per tenant,
+served round-robin, so one tenant's 500 videos do not starve the others; at most
+`media.concurrency` downloads run at once. A CDN copy that is gone (403/404/410) triggers one
+re-upload request to the phone, then a second download; only then does the row fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+
+from loguru import logger
+
+from oxyd.clock import Clock
+from oxyd.config import MediaConfig
+from oxyd.engine import Client, EngineError, NotConnected
+from oxyd.media import files
+from oxyd.store import outbox
+from oxyd.store.media import FAILED, PENDING, SKIPPED, STORED, Job, MediaTable
+
+MIB = 1 << 20
+PAGE = 200  # rows loaded per tenant at a time: memory stays bounded with any backlog
+OFFLINE_RETRY_S = 30.0  # a tenant that is not connected: look again later, no attempt spent
+
+# client_of(tenant) -> (client, connected) or None when the tenant is gone.
+ClientOf = Callable[[str], "tuple[Client, bool] | None"]
+
+
+class Downloads:
+    def __init__(
+        self,
+        cfg: MediaConfig,
+        data_dir: Path,
+        table: MediaTable,
+        clock: Clock,
+        client_of: ClientOf,
+    ) -> None:
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.table = table
+        self.clock = clock
+        self.client_of = client_of
+        self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
+        self.results: Counter[str] = Counter()
+        self.bytes_by_tenant: Counter[str] = Counter()
+        # Serialises "file into place + row stored" against retention's "unreferenced files
+        # out", so a sweep never deletes a file whose row is about to say stored.
+        self.commit_lock = asyncio.Lock()
+        self._queues: dict[str, deque[Job]] = {}
+        self._ready: deque[str] = deque()
+        self._more: set[str] = set()
+        self._cursor: dict[str, int] = {}
+        self._known: set[int] = set()
+        self._delayed: list[tuple[int, int, Job]] = []
+        self._busy: dict[tuple[str, str], list[Job]] = {}  # same file in flight: wait for it
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._dirty = True
+        self._quota_alerted: set[str] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        left = await asyncio.to_thread(files.clear_partials, self.data_dir)
+        if left:
+            logger.info("media: removed {} partial download(s) of an interrupted run", left)
+        self.bytes_by_tenant = Counter(await self.table.bytes_by_tenant())
+        self._loop_task = asyncio.create_task(self._loop(), name="oxyd-media")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._loop_task = None
+
+    def wake(self) -> None:
+        """New pending rows were committed (writer) or re-queued."""
+        self._dirty = True
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(q) for q in self._queues.values()) + len(self._delayed)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ---- scheduling ----
+
+    async def _loop(self) -> None:
+        while True:
+            if self._dirty:
+                self._dirty = False
+                for tenant in await self.table.pending_tenants():
+                    self._more.add(tenant)
+            await self._refill()
+            self._release_due()
+            while self._in_flight < self.cfg.concurrency and (job := self._next()) is not None:
+                self._launch(job)
+            self._wake.clear()
+            await self._wait()
+
+    async def _wait(self) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        aws: set[asyncio.Future] = {waiter}
+        if self._delayed and self._in_flight < self.cfg.concurrency:
+            due_s = max(0.0, (self._delayed[0][0] - self.clock.now_ms()) / 1000)
+            aws.add(asyncio.ensure_future(self.clock.sleep(due_s)))
+        try:
+            await asyncio.wait(aws, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for a in aws:
+                a.cancel()
+
+    async def _refill(self) -> None:
+        for tenant in list(self._more):
+            q = self._queues.get(tenant)
+            if q is not None and len(q) >= PAGE // 4:
+                continue
+            jobs = await self.table.pending(tenant, self._cursor.get(tenant, 0), PAGE)
+            if len(jobs) < PAGE:
+                self._more.discard(tenant)
+            if jobs:
+                self._cursor[tenant] = jobs[-1].id
+            now_ms = self.clock.now_ms()
+            for job in jobs:
+                if job.next_attempt_ms > now_ms:
+                    self._delay(job, job.next_attempt_ms)
+                else:
+                    self._enqueue(job)
+
+    def _enqueue(self, job: Job, *, front: bool = False) -> None:
+        self._known.add(job.id)
+        q = self._queues.get(job.tenant)
+        if q is None:
+            q = self._queues[job.tenant] = deque()
+        if not q:
+            self._ready.append(job.tenant)
+        q.appendleft(job) if front else q.append(job)
+
+    def _delay(self, job: Job, due_ms: int) -> None:
+        self._known.add(job.id)
+        heapq.heappush(self._delayed, (due_ms, job.id, job))
+
+    def _release_due(self) -> None:
+        now_ms = self.clock.now_ms()
+        while self._delayed and self._delayed[0][0] <= now_ms:
+            _, _, job = heapq.heappop(self._delayed)
+            self._enqueue(job)
+
+    def _next(self) -> Job | None:
+        """Round-robin over tenants with queued jobs: one job per tenant per turn."""
+        while self._ready:
+            tenant = self._ready.popleft()
+            q = self._queues.get(tenant)
+            if not q:
+                continue
+            job = q.popleft()
+            if q:
+                self._ready.append(tenant)
+            else:
+                del self._queues[tenant]
+                if tenant in self._more:
+                    self._wake.set()  # its next page is due
+            key = (job.tenant, job.expected_sha256 or "")
+            if job.expected_sha256 and key in self._busy:
+                self._busy[key].append(job)  # the same file is downloading: reuse it after
+                continue
+            if job.expected_sha256:
+                self._busy[key] = []
+            return job
+        return None
+
+    def _launch(self, job: Job) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(self._guarded(job), name=f"oxyd-media-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug: keep the row pending, try later
+            logger.bind(tenant=job.tenant).opt(exception=e).error(
+                "media download of {} crashed; retrying later", job.wa_id
+            )
+            await self._transient(job, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            self._in_flight -= 1
+            key = (job.tenant, job.expected_sha256 or "")
+            for waiter in self._busy.pop(key, []) if job.expected_sha256 else []:
+                self._enqueue(waiter, front=True)
+            self._wake.set()
+
+    # ---- one download ----
+
+    async def _run(self, job: Job) -> None:
+        log = logger.bind(tenant=job.tenant)
+        found = self.client_of(job.tenant)
+        if found is None:
+            self._known.discard(job.id)  # tenant removed: nothing to do
+            return
+        client, connected = found
+        quota = self._quota_bytes()
+        if quota and job.size and self.bytes_by_tenant[job.tenant] + job.size > quota:
+            if not await self._already_here(job):
+                await self._over_quota(job, quota)
+                return
+        if await self._dedup(job):
+            return
+        if not connected:
+            await self._later(job, OFFLINE_RETRY_S, "waiting for the tenant to connect")
+            return
+        partial = await asyncio.to_thread(files.new_partial, self.data_dir, job.tenant)
+        try:
+            try:
+                res = await client.download_media(job.ref or "", str(partial), self.cfg.max_bytes)
+            except NotConnected:
+                await self._later(job, OFFLINE_RETRY_S, "waiting for the tenant to connect")
+                return
+            except EngineError as e:
+                await self._transient(job, f"download failed: {e}")
+                return
+            status = res.get("status")
+            if status == "ok":
+                await self._store(job, partial, res["sha256"], int(res["size"]))
+            elif status == "expired":
+                await self._expired(job, client, str(res.get("error") or "CDN copy expired"))
+            elif status == "too_large":
+                await self._done(job, SKIPPED, f"over media.max_bytes ({self.cfg.max_bytes})")
+            else:
+                await self._transient(job, f"engine answered {res!r}")
+        finally:
+            await asyncio.to_thread(partial.unlink, True)
+        log.trace("media {} -> {}", job.wa_id, status)
+
+    async def _store(self, job: Job, partial: Path, sha256: str, size: int) -> None:
+        if job.expected_sha256 and sha256 != job.expected_sha256:
+            await self._transient(job, "file hash does not match WhatsApp's (corrupt download)")
+            return
+        quota = self._quota_bytes()
+        async with self.commit_lock:
+            had = await self.table.has_stored(job.tenant, sha256)
+            if quota and not had and self.bytes_by_tenant[job.tenant] + size > quota:
+                await self._over_quota(job, quota)
+                return
+            final = files.path_of(self.data_dir, job.tenant, sha256)
+            await asyncio.to_thread(files.commit, partial, final)
+            await self._done(job, STORED, None, sha256=sha256, size=size)
+        if not had:
+            self.bytes_by_tenant[job.tenant] += size
+
+    async def _already_here(self, job: Job) -> bool:
+        sha = job.expected_sha256
+        return bool(sha) and await self.table.has_stored(job.tenant, sha or "")
+
+    async def _dedup(self, job: Job) -> bool:
+        """A file this tenant stored already (same WhatsApp hash): no second download."""
+        sha = job.expected_sha256
+        if not sha or not files.SHA256_RE.fullmatch(sha):
+            return False
+        async with self.commit_lock:
+            if not await self.table.has_stored(job.tenant, sha):
+                return False
+            if not await asyncio.to_thread(files.exists, self.data_dir, job.tenant, sha):
+                return False
+            self.results["deduplicated"] += 1
+            await self._done(job, STORED, None, sha256=sha, size=job.size, count=False)
+        return True
+
+    async def _expired(self, job: Job, client: Client, why: str) -> None:
+        self.results["expired"] += 1
+        if job.reuploaded:
+            await self._done(job, FAILED, f"{why}; still gone after the phone re-uploaded it")
+            return
+        try:
+            async with asyncio.timeout(self.cfg.reupload_timeout_s):
+                ref = await client.request_media_reupload(
+                    job.ref or "", job.chat, job.sender, job.wa_id, job.from_me
+                )
+        except TimeoutError:
+            wait_s = self.cfg.reupload_timeout_s
+            await self._done(job, FAILED, f"{why}; the phone did not re-upload it in {wait_s:g}s")
+            return
+        except NotConnected:
+            await self._later(job, OFFLINE_RETRY_S, f"{why}; re-upload waits for a connection")
+            return
+        except EngineError as e:
+            await self._done(job, FAILED, f"{why}; re-upload request failed: {e}")
+            return
+        self.results["reuploaded"] += 1
+        job.reuploaded, job.ref = True, ref
+        await self.table.reschedule(job, next_attempt_ms=0, reason=why, ref=ref)
+        self._enqueue(job, front=True)
+
+    async def _transient(self, job: Job, why: str) -> None:
+        job.attempts += 1
+        self.results["retried"] += 1
+        if job.attempts >= self.cfg.max_attempts:
+            await self._done(job, FAILED, f"{why} (after {job.attempts} attempts)")
+            return
+        delay_s = min(self.cfg.retry_cap_s, self.cfg.retry_base_s * 2 ** (job.attempts - 1))
+        await self._later(job, delay_s, why)
+
+    async def _later(self, job: Job, delay_s: float, why: str) -> None:
+        due_ms = self.clock.now_ms() + int(delay_s * 1000)
+        await self.table.reschedule(job, next_attempt_ms=due_ms, reason=why)
+        self._delay(job, due_ms)
+
+    async def _over_quota(self, job: Job, quota: int) -> None:
+        used = self.bytes_by_tenant[job.tenant]
+        await self._done(
+            job, SKIPPED, f"media.quota_mb reached ({used // MIB} of {quota // MIB} MiB used)"
+        )
+        if job.tenant in self._quota_alerted:
+            return
+        self._quota_alerted.add(job.tenant)
+        now_ms = self.clock.now_ms()
+        data = {
+            "reason": f"media quota reached: {used} of {quota} bytes used",
+            "used_bytes": used,
+            "quota_bytes": quota,
+            "action": "raise media.quota_mb, lower media.retention_days, or delete media;"
+            " skipped files can be fetched later with POST .../messages/{msg_id}/media",
+        }
+        rows = outbox.rows(self.table.subs, job.tenant, "alert.media_quota", data, now_ms)
+        if rows:
+            await self.table.store.append_outbox(rows)
+            self.kick()
+        logger.bind(tenant=job.tenant).warning("media quota reached; new media is skipped")
+
+    async def _done(
+        self,
+        job: Job,
+        status: str,
+        reason: str | None,
+        *,
+        sha256: str | None = None,
+        size: int | None = None,
+        count: bool = True,
+    ) -> None:
+        await self.table.finish(
+            job, status, self.clock.now_ms(), reason=reason, sha256=sha256, size=size
+        )
+        self._known.discard(job.id)
+        if count:
+            self.results[status] += 1
+        if status == FAILED:
+            logger.bind(tenant=job.tenant).warning("media of {} failed: {}", job.wa_id, reason)
+        if status in (STORED, FAILED):
+            self.kick()
+
+    def _quota_bytes(self) -> int:
+        return int(self.cfg.quota_mb * MIB)
+
+    # ---- operator and retention hooks ----
+
+    async def retry(self, tenant: str, wa_id: str) -> tuple[bool, Job | None]:
+        """POST .../messages/{msg_id}/media: a failed or skipped download goes again, with a
+        fresh attempt budget; the automatic switches (download, types, history) do not apply
+        to a request made by hand, the size bound and the quota do. Returns (queued now, the
+        row); (False, None) when the message has no media."""
+        job = await self.table.by_wa_id(tenant, wa_id)
+        if job is None or job.status not in (FAILED, SKIPPED) or job.id in self._known:
+            return False, job
+        if not job.ref:
+            raise EngineError("this media has no download reference: it cannot be fetched")
+        if job.size is not None and job.size > self.cfg.max_bytes:
+            raise EngineError(f"{job.size} bytes is over media.max_bytes ({self.cfg.max_bytes})")
+        await self.table.requeue(job, self.clock.now_ms())
+        job.status, job.attempts, job.reuploaded, job.reason = PENDING, 0, False, None
+        self._quota_alerted.discard(tenant)
+        self._enqueue(job, front=True)
+        self._wake.set()
+        return True, job
+
+    def forget_quota_alerts(self) -> None:
+        """After retention freed space, a full tenant may alert again when it fills up."""
+        quota = self._quota_bytes()
+        self._quota_alerted = {t for t in self._quota_alerted if self.bytes_by_tenant[t] >= quota}

@@ -1,0 +1,83 @@
+"""The per-tenant content-addressed media store on disk.
+
+`tenants/<id>/media/<sha256[:2]>/<sha256>` (0600), one file per distinct content. Downloads
+land in `media/.partial/` first and are moved into place only once complete and verified, so
+a crash (even SIGKILL) never leaves a partial file where a reader can see it; whatever is left
+in `.partial/` at start is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from oxyd import datadir
+
+MEDIA_DIR = "media"
+PARTIAL_DIR = ".partial"
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def root(data_dir: Path, tenant_id: str) -> Path:
+    return datadir.tenant_dir(data_dir, tenant_id) / MEDIA_DIR
+
+
+def path_of(data_dir: Path, tenant_id: str, sha256: str) -> Path:
+    if not SHA256_RE.fullmatch(sha256):
+        raise ValueError("not a sha256 hex digest")
+    return root(data_dir, tenant_id) / sha256[:2] / sha256
+
+
+def new_partial(data_dir: Path, tenant_id: str) -> Path:
+    folder = root(data_dir, tenant_id) / PARTIAL_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{secrets.token_hex(8)}.part"
+
+
+def commit(partial: Path, final: Path) -> bool:
+    """Move a complete download into place; False when the content was there already
+    (identical files are stored once: the partial is dropped)."""
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if final.exists():
+        partial.unlink(missing_ok=True)
+        return False
+    os.chmod(partial, 0o600)
+    os.replace(partial, final)
+    return True
+
+
+def exists(data_dir: Path, tenant_id: str, sha256: str) -> bool:
+    return path_of(data_dir, tenant_id, sha256).is_file()
+
+
+def clear_partials(data_dir: Path) -> int:
+    """Delete what interrupted downloads left behind, in every tenant; returns the count."""
+    n = 0
+    for tenant_id in datadir.tenant_folders(data_dir):
+        folder = root(data_dir, tenant_id) / PARTIAL_DIR
+        if folder.is_dir():
+            n += sum(1 for _ in folder.iterdir())
+            shutil.rmtree(folder, ignore_errors=True)
+    return n
+
+
+def listing(data_dir: Path, tenant_id: str) -> dict[str, int]:
+    """sha256 -> size of every stored file of a tenant."""
+    out: dict[str, int] = {}
+    base = root(data_dir, tenant_id)
+    if not base.is_dir():
+        return out
+    for sub in base.iterdir():
+        if len(sub.name) != 2 or not sub.is_dir():
+            continue
+        for f in sub.iterdir():
+            if SHA256_RE.fullmatch(f.name) and f.is_file():
+                out[f.name] = f.stat().st_size
+    return out
+
+
+def delete(data_dir: Path, tenant_id: str, sha256: str) -> None:
+    path_of(data_dir, tenant_id, sha256).unlink(missing_ok=True)

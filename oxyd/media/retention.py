@@ -1,0 +1,59 @@
+"""Media retention: files no remaining message refers to are deleted.
+
+Runs with the other retention jobs. In order: media rows whose message is gone (message
+retention, purges) are dropped; with `media.retention_days`, stored files of messages older
+than that are let go (the message stays, its media shows `skipped` with the reason); then every
+file on disk that no stored row of its tenant refers to is deleted. Deletion holds the
+downloader's commit lock, so a download finishing meanwhile is never mistaken for an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loguru import logger
+
+from oxyd import datadir
+from oxyd.clock import Clock
+from oxyd.config import MediaConfig
+from oxyd.media import files
+from oxyd.media.downloader import Downloads
+from oxyd.store.media import MediaTable
+
+DAY_MS = 86_400_000
+
+
+async def sweep(
+    cfg: MediaConfig, data_dir: Path, table: MediaTable, downloads: Downloads, clock: Clock
+) -> dict[str, int]:
+    orphans = await table.drop_orphans()
+    expired = 0
+    if cfg.retention_days > 0:
+        now_ms = clock.now_ms()
+        expired = await table.expire_before(now_ms - int(cfg.retention_days * DAY_MS), now_ms)
+    removed = freed = 0
+    for tenant in await asyncio.to_thread(datadir.tenant_folders, data_dir):
+        async with downloads.commit_lock:
+            on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
+            if not on_disk:
+                continue
+            keep = await table.referenced(tenant)
+            gone = [sha for sha in on_disk if sha not in keep]
+            for sha in gone:
+                await asyncio.to_thread(files.delete, data_dir, tenant, sha)
+        removed += len(gone)
+        freed += sum(on_disk[s] for s in gone)
+    if removed or orphans or expired:
+        downloads.bytes_by_tenant.clear()
+        downloads.bytes_by_tenant.update(await table.bytes_by_tenant())
+        downloads.forget_quota_alerts()
+        logger.info(
+            "media retention: {} file(s) deleted ({} bytes freed), {} expired by age,"
+            " {} row(s) of deleted messages dropped",
+            removed,
+            freed,
+            expired,
+            orphans,
+        )
+    return {"files_deleted": removed, "bytes_freed": freed, "expired": expired, "orphans": orphans}
