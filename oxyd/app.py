@@ -218,7 +218,7 @@ async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, 
     if key is not None:
 
         def make_backup():
-            return backup.create_backup(cfg.data_dir, key, clock=app.clock)
+            return backup.create_backup(cfg.data_dir, key, clock=app.clock, media=cfg.backup.media)
 
     jobs = Jobs(
         cfg,

@@ -41,6 +41,7 @@ from loguru import logger
 from oxyd import dirlock
 from oxyd.clock import RealClock
 from oxyd.datadir import prepare, tenant_folders
+from oxyd.media import files as media_files
 
 MAGIC = b"OXYDBAK\0"
 VERSION = 1
@@ -50,7 +51,8 @@ _TAG_BYTES = 16
 SUFFIX = ".oxydbak"
 _NAME = re.compile(r"^oxyd-(\d{8}T\d{6})\.(\d{3})Z\.oxydbak$")
 _MEMBER = re.compile(r"^(manifest\.json|oxyd\.sqlite3|admin\.token|tenants/[a-z0-9][a-z0-9_-]{0,62}"
-                     r"/[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")  # fmt: skip
+                     r"/([A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+                     r"|media/[0-9a-f]{2}/[0-9a-f]{64}))$")  # fmt: skip
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _SMALL_FILE_BYTES = 16 << 20
 
@@ -203,8 +205,11 @@ def _is_sqlite(path: Path) -> bool:
         return f.read(16) == b"SQLite format 3\0"
 
 
-def _plan(data_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """(databases, small files) as (archive name, source path)."""
+def _plan(
+    data_dir: Path, media: bool = False
+) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(databases, files) as (archive name, source path); media files (streamed, never read
+    whole) only when `media`: they can outweigh everything else by far (backup.media)."""
     if not (data_dir / "oxyd.sqlite3").is_file():
         raise BackupError(f"{data_dir} holds no oxyd.sqlite3: not an oxyd data directory")
     dbs: list[tuple[str, Path]] = []
@@ -224,6 +229,10 @@ def _plan(data_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]
                 files.append((name, p))
             else:
                 logger.warning("backup: skipping {} (large and not a database)", p)
+        if media:
+            files += [(f"tenants/{tenant}/media/{sha[:2]}/{sha}",
+                       media_files.path_of(data_dir, tenant, sha))
+                      for sha in sorted(media_files.listing(data_dir, tenant))]  # fmt: skip
     dbs.append(("oxyd.sqlite3", data_dir / "oxyd.sqlite3"))  # last: the most recent messages
     return dbs, files
 
@@ -308,6 +317,12 @@ def _pack(staging: Path, dbs, files, key: bytes, out: Path, now_ms: int, cancel)
                     with (staging / f"{i}.db").open("rb") as f:
                         tar.addfile(info, f)
                 for name, path in files:
+                    if "/media/" in name:  # content-addressed, immutable: streamed as is
+                        info = tar.gettarinfo(path, arcname=name)
+                        info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
+                        with path.open("rb") as f:
+                            tar.addfile(info, f)
+                        continue
                     _add_bytes(tar, name, _read_small(path), path.stat().st_mtime)
             sealer.finish()
             raw.flush()
@@ -325,12 +340,13 @@ def _pack(staging: Path, dbs, files, key: bytes, out: Path, now_ms: int, cancel)
 
 
 async def create_backup(
-    data_dir: Path, key: bytes, out: Path | None = None, *, clock: Any = None
+    data_dir: Path, key: bytes, out: Path | None = None, *, clock: Any = None, media: bool = False
 ) -> Path:
-    """An online, consistent, encrypted snapshot of `data_dir`; returns the archive's path."""
+    """An online, consistent, encrypted snapshot of `data_dir`; returns the archive's path.
+    With `media` (backup.media), the tenants' media files too."""
     now_ms = (clock or RealClock()).now_ms()
     out = out if out is not None else backup_dir(data_dir) / _default_name(now_ms)
-    dbs, files = await asyncio.to_thread(_plan, data_dir)
+    dbs, files = await asyncio.to_thread(_plan, data_dir, media)
     staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=".oxyd-", dir=data_dir))
     cancel = threading.Event()
     packing = False
@@ -518,7 +534,7 @@ def register(subparsers: Any) -> None:
 def _cli_backup(args: Any, cfg: Any) -> int:
     try:
         key = load_key(cfg)
-        out = asyncio.run(create_backup(Path(cfg.data_dir), key, args.out))
+        out = asyncio.run(create_backup(Path(cfg.data_dir), key, args.out, media=cfg.backup.media))
         if args.out is None:
             prune_backups(Path(cfg.data_dir), cfg.backup.keep)
     except (BackupError, OSError) as e:

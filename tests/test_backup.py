@@ -344,3 +344,31 @@ async def test_cli_backup_and_restore(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OXYD_BACKUP_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
     assert await asyncio.to_thread(cli, argv) == 1
     assert "wrong backup key" in capsys.readouterr().err
+
+
+async def test_media_files_only_with_backup_media(tmp_path):
+    import hashlib
+
+    from oxyd.media import files as media_files
+
+    data = await make_data_dir(tmp_path)
+    blob = os.urandom(200_000)
+    sha = hashlib.sha256(blob).hexdigest()
+    path = media_files.path_of(data, "alice", sha)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(blob)
+    partial = media_files.new_partial(data, "alice")
+    partial.write_bytes(b"half a download")
+
+    without = await create_backup(data, KEY, tmp_path / "plain.oxydbak")
+    restored = tmp_path / "r1"
+    manifest = await restore_backup(without, restored, KEY)
+    assert not any("/media/" in n for n in manifest["files"])
+    assert not (restored / "tenants" / "alice" / "media").exists()
+
+    with_media = await create_backup(data, KEY, tmp_path / "media.oxydbak", media=True)
+    restored = tmp_path / "r2"
+    manifest = await restore_backup(with_media, restored, KEY)
+    assert f"tenants/alice/media/{sha[:2]}/{sha}" in manifest["files"]
+    assert media_files.path_of(restored, "alice", sha).read_bytes() == blob
+    assert not (restored / "tenants" / "alice" / "media" / ".partial").exists()

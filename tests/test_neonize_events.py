@@ -93,7 +93,14 @@ KINDS = [
         ),
         "image",
         "cat",
-        model.Media(mime="image/jpeg", size_bytes=2048, sha256=SHA.hex(), width=640, height=480),
+        model.Media(
+            mime="image/jpeg",
+            size_bytes=2048,
+            sha256=SHA.hex(),
+            width=640,
+            height=480,
+            caption="cat",
+        ),
     ),
     (
         e2e.Message(
@@ -103,7 +110,7 @@ KINDS = [
         ),
         "video",
         "clip",
-        model.Media(mime="video/mp4", size_bytes=9000, duration_s=12),
+        model.Media(mime="video/mp4", size_bytes=9000, duration_s=12, caption="clip"),
     ),
     (
         e2e.Message(audioMessage=e2e.AudioMessage(mimetype="audio/mpeg", seconds=30)),
@@ -127,7 +134,7 @@ KINDS = [
         ),
         "document",
         "invoice",
-        model.Media(mime="application/pdf", size_bytes=100, filename="a.pdf"),
+        model.Media(mime="application/pdf", size_bytes=100, filename="a.pdf", caption="invoice"),
     ),
     (
         e2e.Message(

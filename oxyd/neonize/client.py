@@ -23,6 +23,7 @@ from oxyd.model import (
     TemporaryBan,
 )
 from oxyd.neonize import events as tr
+from oxyd.neonize import media as nmedia
 from oxyd.neonize.pair import PairingRun
 
 if TYPE_CHECKING:
@@ -364,6 +365,16 @@ class NeonizeClient:
             label=self.tenant_id,
         )
         await self._pairing.start()
+
+    # ---- incoming media (oxyd/neonize/media.py says what neonize 0.5.2 allows) ----
+
+    async def download_media(self, ref: str, dest: str, max_bytes: int) -> dict:
+        return await nmedia.download(self, ref, dest, max_bytes)
+
+    async def request_media_reupload(
+        self, ref: str, chat: str, sender: str, wa_id: str, from_me: bool
+    ) -> str:
+        raise EngineError(nmedia.NO_MEDIA_RETRY)
 
     # ---- sending ----
 

@@ -46,6 +46,7 @@ from oxyd.model import (
     StreamReplaced,
     TemporaryBan,
 )
+from oxyd.neonize.media import make_ref
 
 RECEIPT_TYPES = {1: "delivered", 4: "read", 6: "played"}
 CONNECT_FAILURE_NAMES = {
@@ -145,7 +146,15 @@ def _unwrap(msg: Any) -> Any:
     return msg
 
 
-def _media(m: Any, *, duration: bool = False, size: bool = False, filename: bool = False) -> Media:
+def _media(
+    m: Any,
+    field: str,
+    *,
+    duration: bool = False,
+    size: bool = False,
+    filename: bool = False,
+    caption: str | None = None,
+) -> Media:
     return Media(
         mime=m.mimetype or None,
         size_bytes=int(m.fileLength) if m.fileLength else None,
@@ -154,6 +163,8 @@ def _media(m: Any, *, duration: bool = False, size: bool = False, filename: bool
         duration_s=(int(m.seconds) or None) if duration else None,
         width=(int(m.width) or None) if size else None,
         height=(int(m.height) or None) if size else None,
+        caption=caption,
+        ref=make_ref(field, m),
     )
 
 
@@ -172,18 +183,21 @@ def content(msg: Any) -> tuple[str | None, str | None, Media | None, str | None]
         return "text", msg.extendedTextMessage.text, None, None
     if msg.HasField("imageMessage"):
         m = msg.imageMessage
-        return "image", m.caption or None, _media(m, size=True), None
+        cap = m.caption or None
+        return "image", cap, _media(m, "imageMessage", size=True, caption=cap), None
     if msg.HasField("videoMessage") or msg.HasField("ptvMessage"):
-        m = msg.videoMessage if msg.HasField("videoMessage") else msg.ptvMessage
-        return "video", m.caption or None, _media(m, duration=True, size=True), None
+        field = "videoMessage" if msg.HasField("videoMessage") else "ptvMessage"
+        m, cap = getattr(msg, field), getattr(msg, field).caption or None
+        return "video", cap, _media(m, field, duration=True, size=True, caption=cap), None
     if msg.HasField("audioMessage"):
         m = msg.audioMessage
-        return ("voice" if m.PTT else "audio"), None, _media(m, duration=True), None
+        return ("voice" if m.PTT else "audio"), None, _media(m, "audioMessage", duration=True), None
     if msg.HasField("documentMessage"):
         m = msg.documentMessage
-        return "document", m.caption or m.title or None, _media(m, filename=True), None
+        cap = m.caption or m.title or None
+        return "document", cap, _media(m, "documentMessage", filename=True, caption=cap), None
     if msg.HasField("stickerMessage"):
-        return "sticker", None, _media(msg.stickerMessage, size=True), None
+        return "sticker", None, _media(msg.stickerMessage, "stickerMessage", size=True), None
     if msg.HasField("locationMessage") or msg.HasField("liveLocationMessage"):
         m = msg.locationMessage if msg.HasField("locationMessage") else msg.liveLocationMessage
         where = f"{m.degreesLatitude:.6f},{m.degreesLongitude:.6f}"

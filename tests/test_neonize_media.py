@@ -1,0 +1,194 @@
+"""Incoming media on the neonize engine: real waE2E protobufs translated into the media fields
+and a download reference, and the download call path with no network (a clear failure that
+the downloader retries later, costing no attempt)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import pytest
+from helpers import until
+
+from oxyd.clock import RealClock
+from oxyd.config import MediaConfig
+from oxyd.engine import NotConnected
+from oxyd.media.downloader import Downloads
+from oxyd.neonize import events as tr
+from oxyd.neonize import media as nmedia
+from oxyd.neonize.engine import NeonizeEngine, import_neonize
+from oxyd.store import outbox
+from oxyd.store.db import Store
+from oxyd.store.media import MediaTable
+from oxyd.store.writer import Writer
+
+import_neonize()
+npb = pytest.importorskip("neonize.proto.Neonize_pb2")
+e2e = pytest.importorskip("neonize.proto.waE2E.WAWebProtobufsE2E_pb2")
+
+SHA = bytes(range(32))
+ENC = bytes(range(32, 64))
+KEY = bytes(range(64, 96))
+ANN = "4915111111111@s.whatsapp.net"
+
+
+@pytest.fixture(autouse=True)
+def neonize_loop_reset():
+    from neonize.aioze import events
+
+    events.event_global_loop = None
+    yield
+    events.event_global_loop = None
+
+
+def event(body, wa_id="MEDIA1"):
+    user, server = ANN.split("@")
+    j = npb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0)
+    src = npb.MessageSource(Chat=j, Sender=j, IsFromMe=False, IsGroup=False)
+    info = npb.MessageInfo(ID=wa_id, Timestamp=1_700_000_000_000, MessageSource=src)
+    return npb.Message(Info=info, Message=body)
+
+
+COMMON = dict(
+    directPath="/v/t62.7118-24/abc?ccb=11-4",
+    mediaKey=KEY,
+    fileEncSHA256=ENC,
+    fileSHA256=SHA,
+    mediaKeyTimestamp=1_700_000_000,
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "kind", "expect"),
+    [
+        (
+            e2e.Message(
+                imageMessage=e2e.ImageMessage(
+                    mimetype="image/jpeg",
+                    caption="the tap",
+                    fileLength=52_000,
+                    width=1280,
+                    height=960,
+                    JPEGThumbnail=b"\xff" * 5000,
+                    **COMMON,
+                )
+            ),
+            "imageMessage",
+            "image",
+            dict(mime="image/jpeg", size_bytes=52_000, caption="the tap", width=1280),
+        ),
+        (
+            e2e.Message(
+                audioMessage=e2e.AudioMessage(
+                    mimetype="audio/ogg; codecs=opus",
+                    PTT=True,
+                    seconds=7,
+                    fileLength=9000,
+                    waveform=b"\x01" * 64,
+                    **COMMON,
+                )
+            ),
+            "audioMessage",
+            "voice",
+            dict(mime="audio/ogg; codecs=opus", size_bytes=9000, duration_s=7),
+        ),
+        (
+            e2e.Message(
+                documentMessage=e2e.DocumentMessage(
+                    mimetype="application/pdf",
+                    fileName="contract.pdf",
+                    caption="signed",
+                    fileLength=123_456,
+                    JPEGThumbnail=b"\x00" * 3000,
+                    **COMMON,
+                )
+            ),
+            "documentMessage",
+            "document",
+            dict(mime="application/pdf", filename="contract.pdf", caption="signed"),
+        ),
+    ],
+)
+def test_translation_gives_media_fields_and_a_slim_reference(body, field, kind, expect):
+    msg = tr.message_from_event(event(body))
+    assert msg is not None and msg.kind == kind
+    media = msg.media
+    assert media.sha256 == SHA.hex()
+    for name, value in expect.items():
+        assert getattr(media, name) == value, name
+    # the reference: plain text, only what a download needs (no thumbnail, no waveform)
+    assert isinstance(media.ref, str)
+    raw = base64.b64decode(media.ref)
+    assert len(raw) < 300
+    wrapper, part = nmedia.parse_ref(media.ref)
+    assert wrapper.HasField(field)
+    assert part.directPath == COMMON["directPath"] and part.mediaKey == KEY
+    assert part.fileEncSHA256 == ENC and part.fileSHA256 == SHA
+    assert not part.HasField("contextInfo")
+    assert getattr(part, "JPEGThumbnail", b"") == b""
+
+
+def test_media_without_a_path_has_no_reference():
+    body = e2e.Message(imageMessage=e2e.ImageMessage(mimetype="image/jpeg", fileSHA256=SHA))
+    assert tr.message_from_event(event(body)).media.ref is None
+
+
+def test_gone_errors_are_told_apart_from_transient_ones():
+    for text in (
+        "failed to download: download failed with status code 404",
+        "download failed with status code 410",
+        "download failed with status code 403",
+        "no url present",
+    ):
+        assert nmedia.is_gone(text), text
+    for text in ("websocket not connected", "download failed with status code 500", "EOF"):
+        assert not nmedia.is_gone(text), text
+
+
+async def test_download_without_a_session_is_a_clear_retryable_failure(tmp_path):
+    engine = NeonizeEngine(tmp_path)
+    tid = f"t{uuid.uuid4().hex[:10]}"
+    client = engine.client(tid, lambda ev: None)
+    ref = tr.message_from_event(
+        event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
+    ).media.ref
+    dest = tmp_path / "out.part"
+    with pytest.raises(NotConnected):
+        await client.download_media(ref, str(dest), 1 << 20)
+    assert not dest.exists()
+    # an announced size over the bound is refused before neonize is asked at all
+    big = tr.message_from_event(
+        event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10**9, **COMMON)))
+    ).media.ref
+    assert (await client.download_media(big, str(dest), 1 << 20))["status"] == "too_large"
+    with pytest.raises(Exception, match="re-upload"):
+        await client.request_media_reupload(ref, ANN, ANN, "X", False)
+
+    # through the downloader: the row stays pending, no attempt spent, retried later
+    store = await Store.open(tmp_path)
+    try:
+        subs = outbox.Subscriptions(None)
+        writer = Writer(store, RealClock(), subs)
+        writer.start()
+        msg = tr.message_from_event(
+            event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
+        )
+        await writer.put(tid, msg)
+        await writer.flush()
+        table = MediaTable(store, subs)
+        downloads = Downloads(MediaConfig(), tmp_path, table, RealClock(), lambda t: (client, True))
+        await downloads.start()
+        downloads.wake()
+
+        async def waiting():
+            job = await table.by_wa_id(tid, "MEDIA1")
+            return job if job.reason and "connect" in job.reason else None
+
+        job = await until(waiting, 10)
+        assert job.status == "pending" and job.attempts == 0
+        assert job.next_attempt_ms > RealClock().now_ms()
+        await downloads.stop()
+        await writer.stop()
+    finally:
+        await store.close()
+    assert await engine.close()
