@@ -45,15 +45,33 @@ class App:
 
 def make_engines(cfg: Config, clock: Clock, neonize_tenants: int = 0) -> dict[str, Engine]:
     engines: dict[str, Engine] = {"simulator": SimulatorEngine(cfg.data_dir, cfg.simulator, clock)}
+    nz = cfg.neonize
     try:
-        from oxyd.neonize.engine import NeonizeEngine
+        if nz.hosts > 0:
+            from oxyd.neonize.pool import HostPool
 
-        engines["neonize"] = NeonizeEngine(
-            cfg.data_dir,
-            clock=clock,
-            pair_timeout_s=cfg.supervisor.pair_timeout_s,
-            stop_grace_s=cfg.supervisor.stop_grace_s,
-        )
+            engines["neonize"] = HostPool(
+                cfg.data_dir,
+                hosts=nz.hosts,
+                tenants_per_host=nz.tenants_per_host,
+                proxy=nz.proxy,
+                recycle_fds=nz.recycle_fds,
+                recycle_rss_mb=nz.recycle_rss_mb,
+                pair_timeout_s=cfg.supervisor.pair_timeout_s,
+                stop_grace_s=cfg.supervisor.stop_grace_s,
+            )
+        else:
+            from oxyd.neonize.engine import NeonizeEngine
+
+            engines["neonize"] = NeonizeEngine(
+                cfg.data_dir,
+                # The thread pool's starting size; it grows as tenants are added.
+                max_tenants=neonize_tenants,
+                clock=clock,
+                pair_timeout_s=cfg.supervisor.pair_timeout_s,
+                stop_grace_s=cfg.supervisor.stop_grace_s,
+                proxy=nz.proxy,
+            )
     except ImportError as e:  # neonize's wheel exists for the common platforms only
         logger.warning("neonize engine unavailable ({}); only simulator tenants will run", e)
     return engines
@@ -85,6 +103,9 @@ async def build(
         n = sum(t.engine == "neonize" for t in await store.tenants())
         engines = make_engines(cfg, clock, n)
     sup = Supervisor(cfg, store, writer, subs, clock, engines)
+    if hasattr(engines.get("neonize"), "connect_slot"):
+        # Tenants moving off a recycled engine host reconnect through the same connect limit.
+        engines["neonize"].connect_slot = sup.gate.slot  # type: ignore[attr-defined]
     writer._on_commit = sup.on_stored
     disp = Dispatcher(store, cfg.webhooks, clock)
     # New outbox rows wake the dispatcher at once instead of at its next poll.

@@ -289,6 +289,31 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class NeonizeConfig:
+    # 0 = the neonize clients run in the daemon; N = in N engine host processes.
+    hosts: int = 0
+    tenants_per_host: int = 64
+    # Default proxy of every neonize tenant (a tenant's own `proxy` setting wins).
+    proxy: str | None = None
+    # A host past either limit is drained and replaced (each connect leaks a store handle).
+    recycle_fds: int | None = None
+    recycle_rss_mb: float | None = None
+
+    def validate(self, p: str) -> None:
+        from oxyd.proxy import proxy_error
+
+        _check(0 <= self.hosts <= 256, f"{p}.hosts", "must be between 0 and 256")
+        _check(self.tenants_per_host >= 1, f"{p}.tenants_per_host", "must be at least 1")
+        if self.proxy is not None:
+            why = proxy_error(self.proxy)
+            _check(why is None, f"{p}.proxy", str(why))
+        if self.recycle_fds is not None:
+            _check(self.recycle_fds >= 64, f"{p}.recycle_fds", "must be at least 64")
+        if self.recycle_rss_mb is not None:
+            _check(self.recycle_rss_mb >= 64, f"{p}.recycle_rss_mb", "must be at least 64")
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("./data")
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -303,6 +328,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    neonize: NeonizeConfig = field(default_factory=NeonizeConfig)
 
     def as_dict(self, *, mask: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"data_dir": str(self.data_dir)}
@@ -313,6 +339,10 @@ class Config:
             for k, v in dataclasses.asdict(getattr(self, f.name)).items():
                 if mask and f"{f.name}.{k}" in SECRET_KEYS and v:
                     v = "***"
+                if mask and f"{f.name}.{k}" == "neonize.proxy" and v:
+                    from oxyd.proxy import mask as mask_proxy
+
+                    v = mask_proxy(v)
                 sec[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
             out[f.name] = sec
         return out

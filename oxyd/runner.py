@@ -61,6 +61,7 @@ class Runner:
         self.last_event_mono = 0.0
         self.last_ok_mono = 0.0
         self.bucket = sup.send_bucket()
+        self._store_checked = False
 
     # ---- the engine's sink: on the loop thread, never awaits ----
 
@@ -118,6 +119,8 @@ class Runner:
         the store cannot be read (corrupt, unreadable): a person must look, and no other tenant
         is affected."""
         try:
+            if getattr(self.sup.engines.get(self.t.engine), "paired_state_in_db", False):
+                return await self._paired_from_record()
             return await self.client.is_paired()
         except asyncio.CancelledError:
             raise
@@ -125,6 +128,23 @@ class Runner:
             self.log.opt(exception=e).error("device store unreadable: {}", e)
             await self.park(State.FAILED, f"device store unreadable: {e}")
             return None
+
+    async def _paired_from_record(self) -> bool:
+        """Engines whose device store belongs to Go (neonize): the record in oxyd.sqlite3 is
+        the truth (written on pair success, connect and logout). A store nobody has a record of
+        (copied in by hand, an adopted folder) is checked once, by a short-lived child."""
+        if self.t.jid:
+            return True
+        if self._store_checked:
+            return False
+        found = await self.client.device()
+        self._store_checked = True
+        if not found:
+            return False
+        self.t.jid, self.t.push_name = found[0], found[1] or self.t.push_name
+        self.log.info("device store holds {}: recorded", self.t.jid)
+        await self.sup.store.save_state(self.t)
+        return True
 
     async def _connect_loop(self) -> None:
         cfg = self.sup.cfg.supervisor
@@ -400,6 +420,8 @@ class Runner:
             return
         old = t.state
         t.state, t.last_error = state, reason
+        if state is State.LOGGED_OUT:
+            t.jid = None  # unlinked: the device is gone from its store (whatsmeow deletes it)
         t.state_since_ms = self.sup.clock.now_ms()
         if state is not State.BACKOFF:
             t.next_attempt_ms = None if state is not State.BANNED else t.ban_expires_ms

@@ -23,16 +23,18 @@ def neonize_loop_reset():
 
 
 class OfflineNeonize(neonize_engine.NeonizeEngine):
-    """The real engine, whose clients believe their (empty) store is paired: whatsmeow then
-    really dials, which fails offline (no network here or in CI)."""
+    """The real engine, whose clients report a device in their (empty) store: the supervisor
+    records it, and whatsmeow then really dials, which fails offline (no network here)."""
 
     def client(self, tenant_id, sink):
         c = super().client(tenant_id, sink)
 
-        async def paired() -> bool:
-            return True
+        async def device():
+            c.store_path.parent.mkdir(parents=True, exist_ok=True)
+            c.store_path.touch()
+            return ("4915550001234@s.whatsapp.net", None)
 
-        c.is_paired = paired
+        c.device = device
         return c
 
 
@@ -52,6 +54,7 @@ async def test_real_connect_offline_backs_off_and_retries(tmp_path):
         r = app.supervisor.runners["real"]
         await until(lambda: r.t.failures >= 3, 60, "three failed real connects")
         assert r.t.state in (State.BACKOFF, State.CONNECTING)
+        assert (await app.store.tenant("real")).jid == "4915550001234@s.whatsapp.net"
         assert r.t.last_error and "client ended" in r.t.last_error
         history = [h["state"] for h in await app.store.state_history("real")]
         assert history.count("backoff") >= 2 and history.count("connecting") >= 3

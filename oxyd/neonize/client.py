@@ -7,7 +7,6 @@ import contextlib
 import logging
 import pathlib
 import re
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,9 @@ from oxyd.model import (
 )
 from oxyd.neonize import events as tr
 from oxyd.neonize import media as nmedia
+from oxyd.neonize.device import check_store
 from oxyd.neonize.pair import PairingRun
+from oxyd.proxy import proxy_error
 
 if TYPE_CHECKING:
     from oxyd.neonize.engine import NeonizeEngine
@@ -60,29 +61,7 @@ def store_dsn(path: pathlib.Path) -> str:
     return f"{path}{DSN_OPTIONS}"
 
 
-def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
-    """(jid, push name) of the paired device in a whatsmeow store file, without neonize
-    (whose device listing leaks a file handle per call). Missing file or table = not paired;
-    a file SQLite cannot read raises EngineError."""
-    if not path.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-        try:
-            row = con.execute("SELECT jid, push_name FROM whatsmeow_device LIMIT 1").fetchone()
-        finally:
-            con.close()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return None  # created, never paired: whatsmeow's schema is not there yet
-        raise EngineError(f"device store unreadable: {e}") from e
-    except sqlite3.Error as e:
-        # "file is not a database": a corrupt store is not an unpaired one; saying "pair it"
-        # would hide the damage (and pairing would overwrite what is left).
-        raise EngineError(f"device store corrupt: {e}") from e
-    if not row or not row[0]:
-        return None
-    return tr.parse_jid(row[0]) or row[0], row[1] or None
+_DATA_EVENTS = frozenset({"Message", "Receipt", "HistorySync"})
 
 
 def recipient_jid(to: str) -> tuple[str, str]:
@@ -113,7 +92,12 @@ class NeonizeClient:
         self._had_session = False
         self._stopping = False
         self._explained = False
+        # Stale: a stop or logout began; its lifecycle events mean nothing now, but data that
+        # Go already acknowledged is still delivered. Muted: Go's Stop returned; nothing more.
+        self._stale = False
         self._muted = False
+        # The tenant's own settings (configure()); `proxy` overrides the engine's default.
+        self.settings: dict[str, Any] = {}
         self._first_signal = asyncio.Event()
         self._own_jid: str | None = None
         self._last_event_mono: float | None = None
@@ -121,8 +105,10 @@ class NeonizeClient:
     # ---- store ----
 
     async def device(self) -> tuple[str, str | None] | None:
-        """(jid, push name) of the paired device, read from the store file."""
-        found = await asyncio.to_thread(read_device, self.store_path)
+        """(jid, push name) of the paired device, read from the store file by a short-lived
+        child (never here: Go in this process may hold the file; see oxyd/neonize/device.py).
+        The supervisor asks only for stores it has no record of."""
+        found = await check_store(self.store_path)
         if found is not None:
             self._own_jid = self._own_jid or found[0]
         return found
@@ -175,7 +161,7 @@ class NeonizeClient:
         try:
             self._last_event_mono = time.monotonic()
             self._first_signal.set()
-            if self._muted:
+            if self._muted or (self._stale and name not in _DATA_EVENTS):
                 return
             if name == "Message":
                 events: list[Event] = []
@@ -203,7 +189,7 @@ class NeonizeClient:
         # A QR in the daemon means the store lost its device (connect checks it first): report
         # it and stop, never run a QR login here (an abandoned one can block a Go thread).
         self._first_signal.set()
-        if not self._muted:
+        if not (self._muted or self._stale):
             self._explained = True
             self._emit(LoggedOut(reason="device store not paired"))
         with contextlib.suppress(Exception):
@@ -236,9 +222,26 @@ class NeonizeClient:
             return None
         return time.monotonic() - self._last_event_mono
 
+    def configure(self, settings: dict[str, Any]) -> None:
+        """The tenant's settings (plain data); `proxy` applies from the next connect."""
+        proxy = settings.get("proxy")
+        why = proxy_error(proxy) if proxy is not None else None
+        if why is not None:
+            raise EngineError(f"proxy {why}")
+        self.settings = dict(settings)
+
+    @property
+    def proxy(self) -> str | None:
+        return self.settings.get("proxy") or self.engine.proxy
+
     async def _start_session(self, nc: Any) -> asyncio.Task:
-        """Test seam: the one place a session starts."""
-        return await nc.connect()
+        """Test seam: the one place a session starts (through the proxy, when there is one)."""
+        proxy = self.proxy
+        if not proxy:
+            return await nc.connect()
+        from neonize._binder import ProxySettings
+
+        return await nc.connect(ProxySettings(proxy_address=proxy))
 
     async def connect(self) -> None:
         await self.engine.start()
@@ -248,15 +251,20 @@ class NeonizeClient:
             return
         if self._stopper is not None and not self._stopper.done():
             raise EngineError("previous session still stopping")
-        if not await self.is_paired():
+        # Whether the store holds a device is the supervisor's record (oxyd.sqlite3); a file
+        # that lost its device shows a QR, which _on_qr reports as LoggedOut and stops.
+        if not await asyncio.to_thread(self.store_path.is_file):
             raise EngineError("device store not paired")
         nc = self.native()
-        async with self.engine.gate.exclusive():
+
+        async def hold() -> None:
+            # Exclusive until the first callback: neonize reads Go's maps again after
+            # Connect() returns (see the notes' "Why in-process connects must stay serial").
             if self.engine.closing:
                 raise EngineError("engine is shutting down")
             if self._had_session:
                 await nc.stop()  # clear whatever a dead session left in Go's maps
-            self._stopping = self._explained = self._muted = False
+            self._stopping = self._explained = self._stale = self._muted = False
             self._first_signal = asyncio.Event()
             task = await self._start_session(nc)
             self._had_session = True
@@ -272,6 +280,8 @@ class NeonizeClient:
             finally:
                 first.cancel()
 
+        await self.engine.gate.run(hold, exclusive=True)
+
     def _on_session_end(self, task: asyncio.Task) -> None:
         if task is not self._task:
             return
@@ -279,7 +289,7 @@ class NeonizeClient:
             error: BaseException | str = "connect task cancelled"
         else:
             error = task.exception() or "session ended"
-        if self._stopping or self._explained or self._muted:
+        if self._stopping or self._explained or self._stale or self._muted:
             log.debug("neonize %s: session ended (%s)", self.tenant_id, error)
             return
         log.warning("neonize %s: session died: %s", self.tenant_id, error)
@@ -288,20 +298,24 @@ class NeonizeClient:
     async def heartbeat(self) -> bool:
         if not self.running:
             return False
-        async with self.engine.gate.shared():
+
+        async def check() -> bool:
             if not self.running:
                 return False
             # A property returning a coroutine: `if nc.is_logged_in:` would always be true.
             return bool(await self._nc.is_logged_in)
 
+        return await self.engine.gate.run(check, exclusive=False)
+
     async def stop(self) -> None:
         """End the session or pairing. No events after it returns. Bounded by stop_grace_s;
         past that the client counts as stuck (see NeonizeEngine.close)."""
-        self._muted = True
+        self._stale = True
         if self._pairing is not None:
             await self._pairing.cancel()
         task = self._task
         if task is None or self._nc is None:
+            self._muted = True
             return
         self._stopping = True
         if self._stopper is None or self._stopper.done():
@@ -311,6 +325,11 @@ class NeonizeClient:
         while not self._stopper.done() and self._stop_entered_mono is None:
             await asyncio.wait({self._stopper}, timeout=0.05)
         await asyncio.wait({self._stopper}, timeout=self.engine.stop_grace_s)
+        # Handlers Go called before its Stop returned are queued on the loop: let them deliver
+        # their data, then nothing more.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self._muted = True
         if self.stuck:
             log.error(
                 "neonize %s: stuck %.1f s after stop", self.tenant_id, self.engine.stop_grace_s
@@ -328,12 +347,15 @@ class NeonizeClient:
         """Unlink the device (needs a live session; otherwise only the local store is cleared,
         and the phone still lists the device), end the session, delete the store."""
         if self.running:
-            self._muted = True
-            async with self.engine.gate.exclusive():
+            self._stale = True
+
+            async def unlink() -> None:
                 try:
                     await self._nc.logout()
                 except Exception as e:
                     log.warning("neonize %s: logout failed: %s", self.tenant_id, e)
+
+            await self.engine.gate.run(unlink, exclusive=True)
         else:
             log.warning("neonize %s: not connected; device removed locally only", self.tenant_id)
         await self.stop()
@@ -351,7 +373,7 @@ class NeonizeClient:
         if await self.is_paired():
             raise EngineError("device store is already paired")
         self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._muted = False
+        self._stale = self._muted = False
         self._pairing = PairingRun(
             argv=[
                 *self.engine.pair_argv,

@@ -36,15 +36,20 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from oxyd.clock import Clock, RealClock
 from oxyd.engine import Sink
 from oxyd.model import valid_tenant_id
-from oxyd.neonize.client import NeonizeClient, read_device, store_dsn
+from oxyd.neonize.client import NeonizeClient, store_dsn
+from oxyd.neonize.device import read_device
 
 log = logging.getLogger("oxyd.neonize")
+T = TypeVar("T")
+# Threads beyond one per live session: room for calls (sends, heartbeats, store work).
+EXECUTOR_HEADROOM = 16
 
 
 def process_resources() -> dict[str, int]:
@@ -93,6 +98,25 @@ class Gate:
             yield
         finally:
             self._release(True)
+
+    async def run(self, fn: Callable[[], Awaitable[T]], *, exclusive: bool) -> T:
+        """Run `fn()` holding the gate. A caller cancelled while waiting withdraws; one cancelled
+        while fn runs stops waiting, but fn runs on (a Go call cannot be taken back) and the
+        gate is released when it completes, never while it still runs."""
+        await self._acquire(exclusive)
+        try:
+            task = asyncio.ensure_future(fn())
+        except BaseException:
+            self._release(exclusive)
+            raise
+
+        def done(t: asyncio.Task) -> None:
+            self._release(exclusive)
+            if not t.cancelled():
+                t.exception()  # retrieved: an abandoned call's error was the caller's to see
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     def _free_for(self, exclusive: bool) -> bool:
         return not self._writer and (self._readers == 0 or not exclusive)
@@ -145,6 +169,9 @@ class NeonizeEngine:
     """Engine for `engine: neonize` tenants. See the module docstring for the rules."""
 
     name = "neonize"
+    # The supervisor keeps the paired state in oxyd.sqlite3: no Python code opens a device
+    # store this process's Go side may hold (that would drop Go's POSIX locks).
+    paired_state_in_db = True
 
     def __init__(
         self,
@@ -154,9 +181,13 @@ class NeonizeEngine:
         clock: Clock | None = None,
         pair_timeout_s: float = 180.0,
         stop_grace_s: float = 10.0,
+        proxy: str | None = None,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir)
+        # The expected tenant count: sizes the thread pool, which grows past it when needed.
         self.max_tenants = max_tenants
+        # Default proxy of every client (`neonize.proxy`); a tenant's own setting wins.
+        self.proxy = proxy
         self.clock = clock or RealClock()
         self.pair_timeout_s = pair_timeout_s
         self.stop_grace_s = stop_grace_s
@@ -169,6 +200,7 @@ class NeonizeEngine:
         self._clients: dict[str, NeonizeClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.executor_size = 0
 
     async def start(self) -> None:
         """Prepare the running loop for neonize; await once before any client connects."""
@@ -178,14 +210,35 @@ class NeonizeEngine:
         self._loop = loop
         import_neonize()
         quiet_neonize_logs()
-        self._executor = ThreadPoolExecutor(
-            max_workers=2 * self.max_tenants + 16, thread_name_prefix="oxyd-neonize"
-        )
-        loop.set_default_executor(self._executor)
+        self._executor, self.executor_size = None, 0  # a new loop gets its own pool
+        self._size_executor()
         from neonize.aioze import events
 
         # set_event_loop() only sets it once per process; a stale loop would swallow events.
         events.event_global_loop = loop
+
+    def _size_executor(self) -> None:
+        """Each live session pins a thread for its whole life: the pool holds one per client of
+        this process plus room for calls, and grows as tenants are added. ThreadPoolExecutor
+        starts threads lazily, so the size is a cap, not a cost. Growing swaps in a bigger
+        default executor; the old one finishes what it runs (its pinned sessions) and ends."""
+        loop = self._loop
+        if loop is None:
+            return
+        want = max(self.max_tenants, len(self._clients)) + EXECUTOR_HEADROOM
+        old = self._executor
+        if old is not None and self.executor_size >= want:
+            return
+        if old is not None:
+            want = max(want, 2 * self.executor_size)  # grow in steps, not one thread at a time
+        self._executor = ThreadPoolExecutor(max_workers=want, thread_name_prefix="oxyd-neonize")
+        self.executor_size = want
+        loop.set_default_executor(self._executor)
+        if old is not None:
+            old.shutdown(wait=False)
+
+    def live_count(self) -> int:
+        return sum(c.running for c in self._clients.values())
 
     def client(self, tenant_id: str, sink: Sink) -> NeonizeClient:
         if not valid_tenant_id(tenant_id):
@@ -193,6 +246,7 @@ class NeonizeEngine:
         client = self._clients.get(tenant_id)
         if client is None:
             client = self._clients[tenant_id] = NeonizeClient(self, tenant_id, sink)
+            self._size_executor()
         else:
             client.sink = sink
         return client

@@ -1,0 +1,142 @@
+"""The engine host's wire format: length-prefixed msgpack frames over a pipe.
+
+A frame is a 4-byte big-endian length and one msgpack map. Values are plain data; three
+msgpack extension types carry what plain msgpack would flatten, so that any frozen dataclass
+of oxyd.model (or oxyd.engine) crosses the pipe by class name with no per-class code:
+
+  EXT_OBJECT  a dataclass: [class name, [field values in declaration order]]
+  EXT_TUPLE   a tuple (model fields are tuples; msgpack would hand back lists)
+  EXT_ENUM    a str enum member: [class name, value]
+
+Frames (`op` says which):
+  {"op": "call", "id", "tenant", "method", "args", "kwargs"}  parent -> host
+  {"op": "cancel", "id"}                                      parent -> host
+  {"op": "result", "id", "value"} / {"op": "error", "id", "type", "message"}
+  {"op": "events", "items": [[tenant, event], ...]}           host -> parent, in order
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import enum
+import struct
+from typing import Any
+
+import msgpack
+
+from oxyd import engine as engine_module
+from oxyd import model as model_module
+
+EXT_OBJECT = 1
+EXT_TUPLE = 2
+EXT_ENUM = 3
+HEADER = struct.Struct(">I")
+# A history sync can be large; a frame past this is a bug or a corrupt stream, not data.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+# Where class names are looked up on the way back: the plain-data vocabulary of the engine seam.
+_MODULES = (model_module, engine_module)
+
+
+class WireError(Exception):
+    """The stream is corrupt or names something this side does not know (a version skew)."""
+
+
+class RemoteError(Exception):
+    """An exception in the host whose type is neither an engine error nor a builtin one: a bug
+    over there, reported here with its type name."""
+
+
+def _lookup(name: str) -> Any:
+    for mod in _MODULES:
+        obj = getattr(mod, name, None)
+        if obj is not None:
+            return obj
+    raise WireError(f"unknown type {name!r} on the wire")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
+    if isinstance(obj, enum.Enum):
+        return msgpack.ExtType(EXT_ENUM, pack([type(obj).__name__, obj.value]))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        values = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+        return msgpack.ExtType(EXT_OBJECT, pack([type(obj).__name__, values]))
+    if isinstance(obj, str | int | float | bytes):  # subclasses (strict_types sends them here)
+        for base in (str, bytes, int, float):  # bool is an int: keep it first-class below
+            if isinstance(obj, base):
+                return base(obj)
+    if isinstance(obj, bytearray | memoryview):
+        return bytes(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__} over the engine host pipe")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_TUPLE:
+        return tuple(unpack(data))
+    if code == EXT_OBJECT:
+        name, values = unpack(data)
+        cls = _lookup(name)
+        if not dataclasses.is_dataclass(cls):
+            raise WireError(f"{name!r} is not a dataclass")
+        return cls(*values)
+    if code == EXT_ENUM:
+        name, value = unpack(data)
+        return _lookup(name)(value)
+    return msgpack.ExtType(code, data)
+
+
+def pack(obj: Any) -> bytes:
+    # strict_types: tuples and subclasses of str/int reach _default instead of being flattened.
+    return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    body = pack(obj)
+    return HEADER.pack(len(body)) + body
+
+
+def error_frame(call_id: int, exc: BaseException) -> bytes:
+    return frame(
+        {"op": "error", "id": call_id, "type": type(exc).__name__, "message": str(exc)[:2000]}
+    )
+
+
+def exception(type_name: str, message: str) -> BaseException:
+    """Rebuild an exception from the host: engine errors (EngineError, NotConnected and any
+    other Exception subclass in oxyd.engine) and builtin ones keep their type."""
+    cls = getattr(engine_module, type_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = getattr(builtins, type_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            return RemoteError(f"{type_name}: {message}")
+    try:
+        return cls(message)
+    except Exception:
+        return RemoteError(f"{type_name}: {message}")
+
+
+class Reader:
+    """Splits a byte stream into frames (feed what arrives, take whole frames out)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buf)
+            if size > MAX_FRAME_BYTES:
+                raise WireError(f"frame of {size} bytes")
+            end = HEADER.size + size
+            if len(self._buf) < end:
+                break
+            out.append(unpack(bytes(self._buf[HEADER.size : end])))
+            del self._buf[:end]
+        return out

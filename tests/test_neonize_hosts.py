@@ -1,0 +1,158 @@
+"""Engine hosts with the real neonize binary and no network: device stores made by neonize with a
+fake paired device, connects through a proxy on 127.0.0.1 that answers 502 after a delay."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import sys
+import time
+
+import pytest
+from helpers import until
+from neonize_fakes import DelayProxy, install_store, make_template
+
+from oxyd import model
+from oxyd.engine import EngineError, NotConnected
+from oxyd.neonize import wire
+from oxyd.neonize.pool import HostPool
+
+# Not imported here (the hosts import it): its import leaks a pipe that pytest would flag.
+if importlib.util.find_spec("neonize") is None:
+    pytest.skip("neonize is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    with DelayProxy(0.2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, proxy):
+    return make_template(tmp_path_factory.mktemp("template"), proxy.url)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def dead_events(got: list) -> list[model.ClientDead]:
+    return [e for e in got if isinstance(e, model.ClientDead)]
+
+
+def test_wire_round_trips_model_events_and_errors():
+    ev = model.HistorySync(
+        sync_type="full",
+        conversations=1,
+        messages=(model.Message("A", "c@s", "s@s", False, 1, raw=b"\x00", media=model.Media()),),
+        chat_names=(("c@s", "Chat"),),
+    )
+    data = wire.frame(
+        {"op": "events", "items": [["t", ev], ["t", model.Receipt("c", "s", ("a",), "read", 2)]]}
+    )
+    reader = wire.Reader()
+    frames = reader.feed(data[:3]) + reader.feed(data[3:])
+    assert frames[0]["items"][0][1] == ev and isinstance(frames[0]["items"][1][1].wa_ids, tuple)
+    assert type(wire.exception("NotConnected", "x")) is NotConnected
+    assert type(wire.exception("EngineError", "x")) is EngineError
+    assert type(wire.exception("ValueError", "x")) is ValueError
+    assert isinstance(wire.exception("SomethingElse", "x"), wire.RemoteError)
+
+
+async def test_hosts_connect_in_parallel_report_failures_and_forward_methods(
+    tmp_path, proxy, template
+):
+    pool = HostPool(tmp_path, hosts=2, tenants_per_host=2, proxy=proxy.url)
+    got: dict[str, list] = {}
+    try:
+        await pool.start()
+        pids = [h.pid for h in pool.hosts]
+        clients = []
+        for i in range(4):
+            install_store(template, tmp_path, f"t{i}")
+            clients.append(pool.client(f"t{i}", got.setdefault(f"t{i}", []).append))
+        # Any NeonizeClient method crosses the pipe; its plain-data result comes back.
+        assert await clients[0].device() == ("15550001234@s.whatsapp.net", "Fake")
+        assert await clients[0].heartbeat() is False
+        with pytest.raises(NotConnected):  # the same exception type as in-process
+            await clients[1].send("4915111111111", "hi", None)
+        with pytest.raises(AttributeError):
+            clients[0].simulate  # noqa: B018 - not a NeonizeClient method: not forwarded
+        await asyncio.gather(*(c.connect() for c in clients))
+        # Least-loaded placement, capped per host.
+        assert sorted(len(h.tenants) for h in pool.hosts) == [2, 2]
+        with pytest.raises(EngineError, match="full"):
+            await pool.client("t9", lambda e: None).heartbeat()
+        await until(lambda: all(dead_events(v) for v in got.values()), 30, "4 failed dials")
+        assert "Bad Gateway" in dead_events(got["t0"])[0].error  # through the local proxy
+        assert proxy.connects >= 4
+        res = await pool.resources()
+        assert [r["pid"] for r in res] == pids and all(r["open_fds"] > 0 for r in res)
+        for c in clients:
+            await c.stop()
+    finally:
+        assert await pool.close()
+    await until(lambda: not any(alive(p) for p in pids), 10, "hosts gone")
+
+
+async def test_a_killed_host_ends_only_its_tenants_and_comes_back(tmp_path, proxy, template):
+    pool = HostPool(tmp_path, hosts=2, proxy=proxy.url)
+    pool.restart_base_s = 0.05
+    got: dict[str, list] = {}
+    try:
+        await pool.start()
+        clients = []
+        for i in range(4):
+            install_store(template, tmp_path, f"k{i}")
+            clients.append(pool.client(f"k{i}", got.setdefault(f"k{i}", []).append))
+        for c in clients:
+            await c.heartbeat()  # placed: k0, k2 on host 1; k1, k3 on host 2
+        victim = pool.hosts[0]
+        # A session on the victim that is still dialling (the proxy holds it).
+        proxy.delay_s = 5.0
+        await asyncio.gather(clients[0].connect(), clients[1].connect())
+        os.kill(victim.pid, signal.SIGKILL)
+        await until(lambda: dead_events(got["k0"]), 10, "k0 told")
+        assert "engine host 1 killed by SIGKILL" in dead_events(got["k0"])[0].error
+        assert not dead_events(got["k2"])  # no session there: nothing to report
+        assert not dead_events(got["k1"])  # the other host's tenant lost nothing
+        # Calls in flight or new calls never hang: they fail or land on a living host.
+        assert await clients[2].heartbeat() is False
+        await until(lambda: pool.restarts == 1 and len(pool.live_hosts()) == 2, 60, "restart")
+        assert pool.crashes == 1 and pool.hosts[0].number == 1 and pool.hosts[0].pid != victim.pid
+    finally:
+        proxy.delay_s = 0.2
+        assert await pool.close()
+
+
+async def test_host_exits_when_the_daemon_is_gone(tmp_path):
+    """No host outlives its daemon: stdin closing (and the parent-death signal) end it."""
+    script = (
+        "import asyncio, sys\n"
+        "from oxyd.neonize.pool import HostPool\n"
+        "async def main():\n"
+        f"    pool = HostPool({str(tmp_path)!r}, hosts=2)\n"
+        "    await pool.start()\n"
+        "    print(' '.join(str(h.pid) for h in pool.hosts), flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    pids = [int(p) for p in line.split()]
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    proc.kill()
+    await proc.wait()
+    t0 = time.monotonic()
+    await until(lambda: not any(alive(p) for p in pids), 20, "orphaned hosts exit")
+    assert time.monotonic() - t0 < 15
