@@ -240,10 +240,14 @@ class MediaConfig:
 class SimulatorConfig:
     connect_latency_ms: int = 0
     pair_after_ms: int = 1000
+    # The simulated media CDN's speed per download (0 = as fast as the machine): slow
+    # networks and interrupted downloads, reproducibly.
+    cdn_bytes_per_s: int = 0
 
     def validate(self, p: str) -> None:
         _check(self.connect_latency_ms >= 0, f"{p}.connect_latency_ms", "must not be negative")
         _check(self.pair_after_ms >= 0, f"{p}.pair_after_ms", "must not be negative")
+        _check(self.cdn_bytes_per_s >= 0, f"{p}.cdn_bytes_per_s", "must not be negative")
 
 
 @dataclass(frozen=True)

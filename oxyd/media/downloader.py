@@ -101,6 +101,9 @@ class Downloads:
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before the work, not after: a wake() during an await below must not be
+            # lost (it leaves the event set, so the wait returns at once).
+            self._wake.clear()
             if self._dirty:
                 self._dirty = False
                 for tenant in await self.table.pending_tenants():
@@ -109,7 +112,6 @@ class Downloads:
             self._release_due()
             while self._in_flight < self.cfg.concurrency and (job := self._next()) is not None:
                 self._launch(job)
-            self._wake.clear()
             await self._wait()
 
     async def _wait(self) -> None:

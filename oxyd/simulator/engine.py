@@ -49,7 +49,7 @@ class SimulatorEngine:
         # Message ids need to be unique, not unpredictable: os.urandom per message was an
         # eighth of a load test's CPU.
         self._ids = random.Random(secrets.randbits(128))
-        self.cdn = sim_media.SimulatedCdn(data_dir)
+        self.cdn = sim_media.SimulatedCdn(data_dir, cfg.cdn_bytes_per_s)
 
     def wa_id(self) -> str:
         return f"3EB0{self._ids.getrandbits(64):016X}"

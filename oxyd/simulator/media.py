@@ -54,8 +54,9 @@ def _valid_token(token: str) -> bool:
 class SimulatedCdn:
     """One per simulator engine: files on disk, served by an aiohttp server on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, bytes_per_s: int = 0) -> None:
         self.data_dir = data_dir
+        self.bytes_per_s = bytes_per_s
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._base: str | None = None
@@ -101,7 +102,23 @@ class SimulatedCdn:
         gone = await asyncio.to_thread(lambda: (path.with_suffix(_EXPIRED)).exists())
         if gone or not await asyncio.to_thread(path.is_file):
             raise web.HTTPNotFound()
+        if self.bytes_per_s:
+            return await self._trickle(request, path)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    async def _trickle(self, request: web.Request, path: Path) -> web.StreamResponse:
+        """Serve at `bytes_per_s` (simulator.cdn_bytes_per_s): a slow mobile network."""
+        size = (await asyncio.to_thread(path.stat)).st_size
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = size
+        await resp.prepare(request)
+        step = max(1, min(64 * 1024, self.bytes_per_s // 10))
+        with await asyncio.to_thread(path.open, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, step):
+                await resp.write(chunk)
+                await asyncio.sleep(len(chunk) / self.bytes_per_s)
+        await resp.write_eof()
+        return resp
 
     # ---- uploads (the simulated sender's side) ----
 
