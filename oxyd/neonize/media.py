@@ -96,16 +96,23 @@ async def download(client: NeonizeClient, ref: str, dest: str, max_bytes: int) -
         return {"status": "too_large", "error": f"{part.fileLength} bytes announced"}
     if not client.running:
         raise NotConnected("not connected")
-    async with client.engine.gate.shared():
+
+    async def call() -> bytes | None:
+        # Shared side of the gate, held until the Go call returns even if our caller is
+        # cancelled (Gate.run): a download never overlaps a connect's map writes.
         if not client.running or not await client._nc.is_logged_in:
-            raise NotConnected("not connected")
-        try:
-            data = await client._nc.download_any(msg)
-        except Exception as e:
-            text = str(e) or type(e).__name__
-            if is_gone(text):
-                return {"status": "expired", "error": text}
-            raise EngineError(f"media download failed: {text}") from e
+            return None
+        return await client._nc.download_any(msg)
+
+    try:
+        data = await client.engine.gate.run(call, exclusive=False)
+    except Exception as e:
+        text = str(e) or type(e).__name__
+        if is_gone(text):
+            return {"status": "expired", "error": text}
+        raise EngineError(f"media download failed: {text}") from e
+    if data is None:
+        raise NotConnected("not connected")
     if len(data) > max_bytes:
         return {"status": "too_large", "error": f"{len(data)} bytes"}
     sha = await asyncio.to_thread(write_file, dest, data)
