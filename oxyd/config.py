@@ -28,6 +28,10 @@ WEBHOOK_EVENTS = (
     "pairing.qr",
     "pairing.code",
     "history.synced",
+    "contact.identity",
+    "group.updated",
+    "group.participants",
+    "call.rejected",
     "alert.logged_out",
     "alert.conflict",
     "alert.banned",
@@ -237,6 +241,16 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class LookupConfig:
+    # Answers from WhatsApp (is it on WhatsApp, profile pictures) are reused this long:
+    # checking the same numbers again and again is how numbers get banned.
+    cache_s: float = 86400.0
+
+    def validate(self, p: str) -> None:
+        _check(self.cache_s >= 0, f"{p}.cache_s", "must not be negative")
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     connect_latency_ms: int = 0
     pair_after_ms: int = 1000
@@ -330,6 +344,7 @@ class Config:
     backup: BackupConfig = field(default_factory=BackupConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    lookup: LookupConfig = field(default_factory=LookupConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     neonize: NeonizeConfig = field(default_factory=NeonizeConfig)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from oxyd.model import Event, Message
+from oxyd.model import Event, Group, LookupResult, Message, Participant, Picture
 
 Sink = Callable[[Event], None]
 
@@ -23,6 +23,15 @@ class EngineError(Exception):
 
 class NotConnected(EngineError):
     pass
+
+
+class Refused(EngineError):
+    """WhatsApp refused a request as a whole (not a group admin, not in the group, an invalid
+    invite); `status` is WhatsApp's own code (403, 404, 406, ...)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,55 @@ class Client(Protocol):
     async def remove(self) -> None:
         """Delete the device store. Called after stop() when a tenant is removed."""
         ...
+
+    async def configure(self, settings: dict) -> None:
+        """The tenant's settings (`proxy`, `reject_calls`, `mark_online`; absent = default).
+        Called before a connect and whenever they change; a proxy applies from the next
+        connect, the others at once."""
+        ...
+
+    # ---- people and groups (design §13). Each one is a request to WhatsApp's servers (but
+    # identity()) and raises NotConnected without a live session. ----
+
+    async def lookup(self, phones: list[str]) -> list[LookupResult]:
+        """Which of these numbers (digits) are on WhatsApp: one query for all of them."""
+        ...
+
+    async def identity(self, jid: str) -> str | None:
+        """The other form of a JID (phone JID <-> LID) from the device's own LID map."""
+        ...
+
+    async def user_info(self, jid: str) -> dict:
+        """`{"jid", "lid", "status", "business_name"}` of one user."""
+        ...
+
+    async def picture(self, jid: str, known_id: str | None) -> Picture | None:
+        """The profile picture; None when there is none; `data` None when `known_id` is
+        still the current one."""
+        ...
+
+    async def groups(self) -> list[Group]: ...
+
+    async def group(self, jid: str) -> Group:
+        """Raises Refused(404) when the account is not in it."""
+        ...
+
+    async def create_group(self, subject: str, participants: list[str]) -> Group: ...
+
+    async def update_participants(
+        self, jid: str, action: str, participants: list[str]
+    ) -> list[Participant]:
+        """action: add | remove | promote | demote. One result per participant, with
+        WhatsApp's `error` code where it refused that one."""
+        ...
+
+    async def invite_link(self, jid: str, reset: bool) -> str: ...
+
+    async def join_group(self, code: str) -> str:
+        """Join by invite code; returns the group's JID."""
+        ...
+
+    async def leave_group(self, jid: str) -> None: ...
 
 
 @runtime_checkable

@@ -6,6 +6,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from oxyd.proxy import mask
+
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -187,6 +189,101 @@ class Contact:
     push_name: str
 
 
+# ---- people and groups (design §13) ----
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """A group member. `error` is WhatsApp's per-participant refusal code on a create or a
+    participant change (403 privacy, 404 not on WhatsApp, 408 left recently, 409 already in)."""
+
+    jid: str
+    lid: str | None = None
+    phone: str | None = None
+    role: str = "member"  # member | admin | superadmin
+    error: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    jid: str
+    subject: str | None = None
+    description: str | None = None
+    owner: str | None = None
+    created_at_ms: int | None = None
+    announce: bool = False  # only admins send
+    locked: bool = False  # only admins edit the group's info
+    participants: tuple[Participant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    phone: str
+    on_whatsapp: bool
+    jid: str | None = None
+    lid: str | None = None
+    business_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A profile picture. `data` is None when WhatsApp says the cached `id` is still current."""
+
+    id: str
+    data: bytes | None = None
+    mime: str = "image/jpeg"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityLearned:
+    """The engine learned that a LID and a phone JID are the same person."""
+
+    lid: str
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactName:
+    """Names from the account's address book (app state) or a business profile."""
+
+    jid: str
+    full_name: str | None = None
+    first_name: str | None = None
+    business_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupJoined:
+    """The account is now in this group (created, added, joined by link)."""
+
+    group: Group
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    jid: str
+    by: str | None = None
+    at_ms: int = 0
+    subject: str | None = None
+    description: str | None = None
+    announce: bool | None = None
+    locked: bool | None = None
+    join: tuple[str, ...] = ()
+    leave: tuple[str, ...] = ()
+    promote: tuple[str, ...] = ()
+    demote: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallRejected:
+    """An incoming call the engine declined because the tenant has `reject_calls` on."""
+
+    call_id: str
+    caller: str
+    at_ms: int
+    video: bool = False
+
+
 Event = (
     Message
     | Receipt
@@ -207,7 +304,14 @@ Event = (
     | PairSuccess
     | PairFailed
     | Contact
+    | IdentityLearned
+    | ContactName
+    | GroupJoined
+    | GroupChanged
+    | CallRejected
 )
+# Data events the writer stores (with their webhooks) in its batches.
+PEOPLE_DATA = (IdentityLearned, ContactName, GroupJoined, GroupChanged, CallRejected)
 
 
 @dataclass(slots=True)
@@ -229,6 +333,8 @@ class Tenant:
     messages_stored: int = 0
     queue_depth: int = 0
     extra: dict = field(default_factory=dict)
+    # Per-tenant settings (PATCH /v1/tenants/{id}): see oxyd/settings.py.
+    settings: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
         return {
@@ -244,4 +350,14 @@ class Tenant:
             "last_event_ms": self.last_event_ms,
             "messages_stored": self.messages_stored,
             "queue_depth": self.queue_depth,
+            "settings": settings_json(self.settings),
         }
+
+
+SETTINGS_DEFAULTS = {"reject_calls": False, "mark_online": False, "proxy": None}
+
+
+def settings_json(settings: dict) -> dict:
+    out = {**SETTINGS_DEFAULTS, **settings}
+    out["proxy"] = mask(out["proxy"])
+    return out

@@ -20,7 +20,7 @@ from oxyd.model import PARKED, State
 if TYPE_CHECKING:
     from oxyd.supervisor import Supervisor
 
-_DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact)
+_DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA)
 # What an operator should do about each state that needs a person.
 ACTIONS = {
     State.LOGGED_OUT: "the phone unlinked this device: pair it again",
@@ -206,6 +206,8 @@ class Runner:
             self.t.next_attempt_ms = None
             await self.set(State.CONNECTING, self.t.last_error)
             try:
+                if self.t.settings:  # proxy, reject_calls, mark_online (PATCH /v1/tenants/{id})
+                    await self.client.configure(self.t.settings)
                 await self.client.connect()
             except asyncio.CancelledError:
                 raise

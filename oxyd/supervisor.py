@@ -141,7 +141,7 @@ class Supervisor:
             data = [
                 e
                 for e in r.events
-                if isinstance(e, m.Message | m.Receipt | m.HistorySync | m.Contact)
+                if isinstance(e, (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA))
             ]
             while data:
                 taken = self.writer.offer(r.t.id, data)
@@ -255,7 +255,9 @@ class Supervisor:
 
     # ---- operator commands ----
 
-    async def add(self, tenant_id: str, engine: str) -> dict[str, Any]:
+    async def add(
+        self, tenant_id: str, engine: str, settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if engine not in self.engines:
             raise TenantError("invalid_engine", f"unknown engine {engine!r}", 400)
         if tenant_id in self.runners:
@@ -264,6 +266,7 @@ class Supervisor:
         t = m.Tenant(
             id=tenant_id, engine=engine, state=State.NEW, state_since_ms=now, created_at_ms=now
         )
+        t.settings = {k: v for k, v in (settings or {}).items() if v != m.SETTINGS_DEFAULTS.get(k)}
         if not await self.store.add_tenant(t):
             raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
         await asyncio.to_thread(_mkdir_private, datadir.tenant_dir(self.cfg.data_dir, tenant_id))
@@ -359,6 +362,22 @@ class Supervisor:
                 r.log.warning("logout: {}", e)
                 await r._stop_client()
             await r.set(State.LOGGED_OUT, "logged out by an operator")
+        return self.tenant_json(r)
+
+    async def update_settings(self, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge validated settings (oxyd/http/settings.py), persist, hand them to the client.
+        Values equal to the default are not stored, so the row says what was changed."""
+        r = self.runner(tenant_id)
+        async with r.lock:
+            merged = {**r.t.settings, **changes}
+            settings = {k: v for k, v in merged.items() if v != m.SETTINGS_DEFAULTS.get(k)}
+            await self.store.save_settings(tenant_id, settings)
+            r.t.settings = settings
+            try:
+                await r.client.configure(settings)
+            except Exception as e:  # applied at the next connect anyway
+                r.log.warning("settings saved; the client could not apply them now: {}", e)
+        self.publish({"type": "state", "tenant": tenant_id, "data": self.tenant_json(r)})
         return self.tenant_json(r)
 
     async def send(

@@ -42,6 +42,7 @@ async def test_readyz_503_when_supervisor_is_broken(h):
 async def test_tenant_lifecycle(h):
     t = await h.add("shop")
     assert set(t) == {
+        "settings",
         "id",
         "engine",
         "state",

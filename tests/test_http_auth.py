@@ -26,7 +26,20 @@ BODIES = {
     ("PUT", "/v1/tenants/{id}/webhook"): {"url": "http://127.0.0.1:9/h", "secret": "s"},
     ("POST", "/v1/tenants/{id}/simulate"): {"action": "message", "chat": "1555", "text": "x"},
     ("POST", "/v1/tenants"): {"id": "fresh", "engine": "simulator"},
+    ("PATCH", "/v1/tenants/{id}"): {"mark_online": True},
+    ("POST", "/v1/tenants/{id}/lookup"): {"phones": ["15550001111"]},
+    ("POST", "/v1/tenants/{id}/groups"): {"subject": "s", "participants": ["15550001111"]},
+    ("POST", "/v1/tenants/{id}/groups/join"): {"invite": "AbCdEfGhIjKlMnOp"},
+    ("POST", "/v1/tenants/{id}/groups/{jid}/participants"): {
+        "action": "add",
+        "participants": ["15550002222"],
+    },
 }
+GROUP = "120363000000000001@g.us"
+# A JID in the path: a group for the group routes, a number for the contact routes.
+JIDS = {"groups": GROUP, "contacts": "15550001111"}
+# Answers about a resource inside the tenant (the auth passed): group left, invite reset, ...
+NOT_FOUND = {"webhook_not_found", "group_not_found", "not_found", "contact_not_found"}
 
 
 @pytest.fixture
@@ -37,7 +50,23 @@ async def h(tmp_path, monkeypatch):
 
 
 async def _no_webhook(r) -> bool:
-    return r.status == 404 and (await r.json())["error"]["code"] == "webhook_not_found"
+    return r.status == 404 and (await r.json())["error"]["code"] in NOT_FOUND
+
+
+def _path(template: str, tid: str) -> str:
+    for segment, jid in JIDS.items():
+        template = template.replace(f"/{segment}/{{jid}}", f"/{segment}/{jid}")
+    return template.replace("{id}", tid)
+
+
+async def _people(h, tid: str) -> None:
+    """What the people and group routes of `tid` act on, in the simulated WhatsApp."""
+    for action in (
+        {"action": "contacts", "phones": ["15550001111", "15550002222"]},
+        {"action": "group", "jid": GROUP, "subject": "g", "participants": ["15550001111"]},
+    ):
+        r = await h.req("POST", f"/v1/tenants/{tid}/simulate", json=action)
+        assert r.status == 202, await r.text()
 
 
 def routes(h) -> list[tuple[str, str]]:
@@ -55,6 +84,7 @@ async def test_matrix_for_every_route(h):
     await h.add("own")
     await h.add("other", connected=False)
     own = await h.token("own")
+    await _people(h, "own")
     all_routes = routes(h)
     assert len(all_routes) >= 25
     for method, template in all_routes:
@@ -64,7 +94,7 @@ async def test_matrix_for_every_route(h):
             r = await h.req(method, template, token=None)
             assert r.status == 200, (method, template)
             continue
-        path = template.replace("{id}", "own")
+        path = _path(template, "own")
         for token in (None, "wrong-token", "oxt_" + "x" * 43):
             r = await h.req(method, path, token=token, **kw)
             assert r.status == 401, (method, template, token, r.status)
@@ -77,21 +107,22 @@ async def test_matrix_for_every_route(h):
             # 409: state (earlier routes stopped it); 503: no dispatcher; 404: webhook deleted.
             assert r.status in (200, 201, 202, 409, 503) or await _no_webhook(r), (method, template)
         if "{id}" in template:
-            r = await h.req(method, template.replace("{id}", "other"), token=own, **kw)
+            r = await h.req(method, _path(template, "other"), token=own, **kw)
             want = 403 if (method, template) in ADMIN_ONLY else 404
             assert r.status == want, (method, template, r.status)
-            r = await h.req(method, template.replace("{id}", "missing"), token=own, **kw)
+            r = await h.req(method, _path(template, "missing"), token=own, **kw)
             assert r.status == want, (method, template, r.status)
 
 
 async def test_admin_reaches_every_route(h):
     await h.add("own")
+    await _people(h, "own")
     for method, template in routes(h):
         if (method, template) == ("DELETE", "/v1/tenants/{id}"):
             continue  # removing it would 404 the routes after it; tested in test_http
         body = BODIES.get((method, template))
         kw = {"json": body} if body is not None else {}
-        r = await h.req(method, template.replace("{id}", "own"), **kw)
+        r = await h.req(method, _path(template, "own"), **kw)
         assert r.status in (200, 201, 202, 409, 503) or await _no_webhook(r), (method, template)
         assert r.status < 500 or (await r.json())["error"]["code"] == "webhooks_unavailable"
 

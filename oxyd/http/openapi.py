@@ -34,6 +34,11 @@ SIM_ACTIONS = (
     "ban",
     "outdated",
     "history",
+    "contacts",
+    "group",
+    "call",
+    "server",
+    "identity",
 )
 
 ERROR_TEXT = {
@@ -575,6 +580,10 @@ def paths() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
+    from oxyd.http import openapi_people  # it builds on the helpers above
+
+    doc_paths, schemas = paths(), dict(SCHEMAS)
+    openapi_people.extend(doc_paths, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -583,9 +592,9 @@ def document() -> dict[str, Any]:
             "description": "Many WhatsApp sessions, one daemon. Errors are always "
             '{"error": {"code", "message"}}. Authorization: Bearer <admin or tenant token>.',
         },
-        "paths": paths(),
+        "paths": doc_paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -163,7 +163,10 @@ async def add_tenant(request: web.Request) -> web.Response:
     # The id gets its own code whatever is wrong with it: clients branch on invalid_tenant_id.
     if "id" in body and not valid_tenant_id(tid):
         raise ApiError(400, "invalid_tenant_id", "id: must match ^[a-z0-9][a-z0-9_-]{0,62}$")
-    check_fields(body, {"id": str, "engine": str, "webhook": dict}, required=("id",))
+    from oxyd.http.settings import FIELDS, settings_fields
+
+    check_fields(body, {"id": str, "engine": str, "webhook": dict, **FIELDS}, required=("id",))
+    settings = settings_fields(body, request)
     engine = body.get("engine") or "neonize"
     if engine not in ENGINES:
         raise ApiError(400, "invalid_field", f"engine: must be one of {list(ENGINES)}")
@@ -173,7 +176,7 @@ async def add_tenant(request: web.Request) -> web.Response:
     from oxyd.http.routes_data import set_webhook, webhook_fields
 
     hook = webhook_fields(body["webhook"], "webhook.") if body.get("webhook") is not None else None
-    data = await app.supervisor.add(tid, engine)
+    data = await app.supervisor.add(tid, engine, settings)
     if hook is not None:
         await set_webhook(request, tid, hook)
     return ok(data, 201)

@@ -278,7 +278,7 @@ def invalidate_on_write(cache: Any):
 
 
 def make_app(app: App) -> web.Application:
-    from oxyd.http import metrics, openapi, routes, routes_data
+    from oxyd.http import metrics, openapi, people, routes, routes_data, settings
 
     registry = metrics.Metrics(app)
     list_cache = routes.ListCache()
@@ -306,6 +306,8 @@ def make_app(app: App) -> web.Application:
     from oxyd.http import media
 
     web_app.add_routes(media.table)
+    web_app.add_routes(settings.table)
+    people.setup(web_app)
     web_app.add_routes(metrics.table)
     web_app.add_routes(openapi.table)
     for extra in app.extras.get("route_tables", ()):

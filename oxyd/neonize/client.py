@@ -25,6 +25,8 @@ from oxyd.neonize import events as tr
 from oxyd.neonize import media as nmedia
 from oxyd.neonize.device import check_store
 from oxyd.neonize.pair import PairingRun
+from oxyd.neonize.people import EVENT_NAMES as PEOPLE_EVENTS
+from oxyd.neonize.people import PeopleMixin
 from oxyd.proxy import proxy_error
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ _EVENT_NAMES = (
     "Message",
     "Receipt",
     "HistorySync",
+    *PEOPLE_EVENTS,
 )
 _RECIPIENT_RE = re.compile(r"^(\d{6,20})$|^([0-9A-Za-z._-]{1,64})@([a-z.]{1,32})$")
 _MEDIA_TYPES = {"image": 0, "video": 1, "audio": 2, "document": 3}
@@ -74,7 +77,7 @@ def recipient_jid(to: str) -> tuple[str, str]:
     return m.group(2), m.group(3)
 
 
-class NeonizeClient:
+class NeonizeClient(PeopleMixin):
     """One tenant's session; the engine keeps exactly one per tenant for the process' life."""
 
     def __init__(self, engine: NeonizeEngine, tenant_id: str, sink: Sink) -> None:
@@ -101,6 +104,7 @@ class NeonizeClient:
         self._first_signal = asyncio.Event()
         self._own_jid: str | None = None
         self._last_event_mono: float | None = None
+        self._people_init()
 
     # ---- store ----
 
@@ -168,17 +172,21 @@ class NeonizeClient:
                 msg = tr.message_from_event(ev, own_jid=self._own_jid)
                 if msg is not None:
                     events.append(msg)
+                    self._people_message(msg)
             elif name == "Receipt":
                 receipt = tr.receipt_from_event(ev)
                 events = [receipt] if receipt is not None else []
             elif name == "HistorySync":
                 events = tr.history_events(ev, own_jid=self._own_jid)
+            elif name in PEOPLE_EVENTS:
+                events = self._people_event(name, ev)
             else:
                 one = tr.lifecycle_event(name, ev, me=self._nc.me if self._nc else None)
                 events = [one] if one is not None else []
             for event in events:
-                if isinstance(event, Connected) and event.jid:
-                    self._own_jid = event.jid
+                if isinstance(event, Connected):
+                    self._own_jid = event.jid or self._own_jid
+                    self._people_connected()
                 if isinstance(event, _TERMINAL):
                     self._explained = True
                 self._emit(event)
@@ -222,13 +230,16 @@ class NeonizeClient:
             return None
         return time.monotonic() - self._last_event_mono
 
-    def configure(self, settings: dict[str, Any]) -> None:
-        """The tenant's settings (plain data); `proxy` applies from the next connect."""
+    async def configure(self, settings: dict[str, Any]) -> None:
+        """The tenant's settings (plain data); `proxy` applies from the next connect,
+        `mark_online` and `reject_calls` at once (see people.py)."""
         proxy = settings.get("proxy")
         why = proxy_error(proxy) if proxy is not None else None
         if why is not None:
             raise EngineError(f"proxy {why}")
         self.settings = dict(settings)
+        if self.running:
+            await self._presence()
 
     @property
     def proxy(self) -> str | None:

@@ -21,6 +21,9 @@ from oxyd.clock import Clock
 from oxyd.config import SimulatorConfig
 from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
 from oxyd.simulator import media as sim_media
+from oxyd.simulator.actions import SimulationError
+from oxyd.simulator.actions import field as _field
+from oxyd.simulator.people import PEOPLE_ACTIONS, PeopleMixin
 
 STATE_FILE = "simulator.json"
 QR_ROTATE_MS = 20_000
@@ -28,10 +31,6 @@ MAX_COUNT = 100_000
 # WhatsApp acknowledges a few ids per receipt; a list this long is a request built to hurt.
 MAX_RECEIPT_IDS = 1000
 HISTORY_CHUNK = 5000  # messages per simulated history blob
-
-
-class SimulationError(ValueError):
-    """A bad simulate request; the message names the field."""
 
 
 def _jid(value: str) -> str:
@@ -65,7 +64,7 @@ class SimulatorEngine:
         await self.cdn.close()
 
 
-class SimulatorClient:
+class SimulatorClient(PeopleMixin):
     def __init__(self, engine: SimulatorEngine, tenant_id: str, sink: Sink) -> None:
         self.engine = engine
         self.tenant_id = tenant_id
@@ -79,6 +78,7 @@ class SimulatorClient:
         self._device: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._session = 0  # bumped by stop(): timers of an old session never emit
+        self._people_init()
 
     # ---- device store ----
 
@@ -130,6 +130,7 @@ class SimulatorClient:
         self.connected, self.stalled = True, False
         dev = self._device or {}
         self.sink(m.Connected(dev.get("jid"), dev.get("push_name")))
+        self._people_connected()
         backlog, self.backlog = self.backlog, []
         for ev in backlog:
             self.sink(ev)
@@ -405,24 +406,6 @@ class SimulatorClient:
         return {"conversations": chats, "messages": total}
 
 
-def _field(
-    a: dict[str, Any], key: str, tp: type, *, required: bool = False, default: Any = None
-) -> Any:
-    if key not in a or a[key] is None:
-        if required:
-            raise SimulationError(f"{key}: is required")
-        return default
-    v = a[key]
-    if tp is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, tp) or (tp is int and isinstance(v, bool)):
-        raise SimulationError(f"{key}: must be of type {_TYPE_NAMES[tp]}")
-    if tp is str and not v:
-        raise SimulationError(f"{key}: must not be empty")
-    return v
-
-
-_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 _ACTIONS = {
     "message": (
         {"chat", "text", "count", "id", "from_me", "media", "expired"},
@@ -437,4 +420,5 @@ _ACTIONS = {
     "ban": ({"expire_s"}, SimulatorClient._a_ban),
     "outdated": (set(), SimulatorClient._a_outdated),
     "history": ({"chats", "messages"}, SimulatorClient._a_history),
+    **PEOPLE_ACTIONS,
 }

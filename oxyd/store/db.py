@@ -105,6 +105,7 @@ def _tenant(row: aiosqlite.Row | tuple) -> Tenant:
         failures=row[8],
         ban_expires_ms=row[9],
         messages_stored=row[10] or 0,
+        settings=json.loads(row[11]) if row[11] else {},
     )
 
 
@@ -183,7 +184,7 @@ class Store:
 
     _TENANT_SELECT = (
         "SELECT t.id, t.engine, t.state, t.reason, t.state_since_ms, t.created_at_ms, t.jid,"
-        " t.push_name, t.failures, t.ban_expires_ms, c.messages_stored"
+        " t.push_name, t.failures, t.ban_expires_ms, c.messages_stored, t.settings"
         " FROM tenants t LEFT JOIN tenant_counts c ON c.tenant = t.id"
     )
 
@@ -205,7 +206,8 @@ class Store:
         async with self.tx() as db:
             cur = await db.execute(
                 "INSERT INTO tenants (id, engine, state, reason, state_since_ms, created_at_ms,"
-                " jid, push_name, failures) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                " jid, push_name, failures, settings) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT DO NOTHING",
                 (
                     t.id,
                     t.engine,
@@ -216,6 +218,7 @@ class Store:
                     t.jid,
                     t.push_name,
                     t.failures,
+                    json.dumps(t.settings) if t.settings else None,
                 ),
             )
             if cur.rowcount == 0:
@@ -249,6 +252,13 @@ class Store:
             )
             await insert_outbox(db, outbox)
 
+    async def save_settings(self, tenant_id: str, settings: dict[str, Any]) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                "UPDATE tenants SET settings=? WHERE id=?",
+                (json.dumps(settings) if settings else None, tenant_id),
+            )
+
     async def append_outbox(self, rows: Iterable[tuple]) -> None:
         async with self.tx() as db:
             await insert_outbox(db, rows)
@@ -268,6 +278,9 @@ class Store:
                 "DELETE FROM outbox WHERE tenant=? AND destination=?",
                 (tenant_id, f"t:{tenant_id}"),
             )
+            # Caches of what WhatsApp said for this account: stale for whatever comes next.
+            for table in ("lookups", "groups", "pictures"):
+                await db.execute(f"DELETE FROM {table} WHERE tenant=?", (tenant_id,))
             if purge:
                 for table in (
                     "messages",
@@ -276,6 +289,7 @@ class Store:
                     "tenant_counts",
                     "history_syncs",
                     "media",
+                    "lid_map",
                 ):
                     await db.execute(f"DELETE FROM {table} WHERE tenant=?", (tenant_id,))
 

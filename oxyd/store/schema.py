@@ -184,6 +184,66 @@ MIGRATIONS: list[str] = [
         'url', NULL
     ) WHERE media IS NOT NULL AND json_extract(media, '$.status') IS NULL;
     """,
+    # v4: people and groups (design §13): tenant settings, the lookup cache, the LID map,
+    # saved and business names, groups and profile pictures.
+    """
+    ALTER TABLE tenants ADD COLUMN settings TEXT;
+
+    CREATE TABLE lookups (
+        tenant        TEXT NOT NULL,
+        phone         TEXT NOT NULL,
+        on_whatsapp   INTEGER NOT NULL,
+        jid           TEXT,
+        lid           TEXT,
+        checked_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, phone)
+    ) WITHOUT ROWID;
+
+    -- What the engine told us of whatsmeow's LID map: one person, two addresses.
+    CREATE TABLE lid_map (
+        tenant        TEXT NOT NULL,
+        lid           TEXT NOT NULL,
+        phone         TEXT NOT NULL,
+        learned_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, lid)
+    ) WITHOUT ROWID;
+    CREATE INDEX lid_map_phone ON lid_map(tenant, phone);
+
+    ALTER TABLE contacts ADD COLUMN full_name TEXT;
+    ALTER TABLE contacts ADD COLUMN first_name TEXT;
+    ALTER TABLE contacts ADD COLUMN business_name TEXT;
+
+    CREATE TABLE groups (
+        tenant        TEXT NOT NULL,
+        jid           TEXT NOT NULL,
+        subject       TEXT,
+        description   TEXT,
+        owner         TEXT,
+        created_at_ms INTEGER,
+        announce      INTEGER NOT NULL DEFAULT 0,
+        locked        INTEGER NOT NULL DEFAULT 0,
+        participants  TEXT NOT NULL DEFAULT '[]',
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, jid)
+    ) WITHOUT ROWID;
+
+    -- picture_id NULL: the contact has no picture (a cached "no").
+    CREATE TABLE pictures (
+        tenant        TEXT NOT NULL,
+        jid           TEXT NOT NULL,
+        picture_id    TEXT,
+        mime          TEXT,
+        data          BLOB,
+        checked_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, jid)
+    );
+
+    -- Only LID-addressed messages still missing the phone: what a learned mapping backfills.
+    CREATE INDEX messages_lid_sender ON messages(tenant, sender)
+        WHERE sender_alt IS NULL AND sender LIKE '%@lid';
+    CREATE INDEX messages_lid_chat ON messages(tenant, chat)
+        WHERE chat_alt IS NULL AND chat LIKE '%@lid';
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -19,8 +19,8 @@ from loguru import logger
 
 from oxyd.clock import Clock
 from oxyd.config import MediaConfig
-from oxyd.model import Contact, HistorySync, Message, Receipt
-from oxyd.store import faults, outbox
+from oxyd.model import PEOPLE_DATA, Contact, HistorySync, Message, Receipt
+from oxyd.store import faults, outbox, people_events
 from oxyd.store import media as media_rows
 from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
@@ -296,6 +296,8 @@ class Writer:
             what = f"{p.type} receipt for {len(p.wa_ids)} ids in {p.chat!r}"
         elif isinstance(p, HistorySync):
             what = f"history sync of {len(p.messages)} messages"
+        elif isinstance(p, PEOPLE_DATA):
+            what = type(p).__name__
         else:
             what = f"{p[0]!r} item"
         logger.bind(tenant=it.tenant).opt(exception=e).error(
@@ -322,6 +324,7 @@ class Writer:
         names: dict[tuple[str, str], str] = {}
         events: list[tuple] = []
         media_msgs: dict[tuple[str, str, str, str], Message] = {}
+        people: list[tuple[str, Any]] = []
         for it in batch:
             p = it.payload
             if isinstance(p, Message):
@@ -340,6 +343,8 @@ class Writer:
                         media_msgs.setdefault((it.tenant, hm.chat, hm.sender, hm.wa_id), hm)
                 for jid, name in p.chat_names:
                     names[(it.tenant, jid)] = name
+            elif isinstance(p, PEOPLE_DATA):
+                people.append((it.tenant, p))
             elif p[0] == "contact":
                 contacts[(it.tenant, p[1])] = p[2]
             elif p[0] == "chat_name":
@@ -348,7 +353,17 @@ class Writer:
                 events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
         new_rows, synced, stored_by_tenant, media_pending = await self.store.run_tx(
             lambda conn: self._apply(
-                conn, now_ms, rows, live, histories, contacts, names, receipts, events, media_msgs
+                conn,
+                now_ms,
+                rows,
+                live,
+                histories,
+                contacts,
+                names,
+                receipts,
+                events,
+                media_msgs,
+                people,
             )
         )
         if events:
@@ -372,20 +387,32 @@ class Writer:
         return stored_by_tenant
 
     def _apply(
-        self, conn, now_ms, rows, live, histories, contacts, names, receipts, events, media_msgs
+        self,
+        conn,
+        now_ms,
+        rows,
+        live,
+        histories,
+        contacts,
+        names,
+        receipts,
+        events,
+        media_msgs,
+        people,
     ):
         """The whole batch in one call on the database thread: one hop per batch instead of
         one per statement (runs inside Store.run_tx's transaction)."""
         max_before = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        if people:  # learned mappings first: this batch's messages get them too
+            people_events.apply(conn, people, self.subs, events, now_ms)
+        rows = people_events.fill_alts(conn, rows, live)
         if rows:
             conn.executemany(_INSERT_MESSAGE, rows)
         synced = []
         for it in histories:
             h: HistorySync = it.payload
-            cur = conn.executemany(
-                _INSERT_MESSAGE,
-                [_message_row(it.tenant, m, now_ms, self.media_cfg) for m in h.messages],
-            )
+            history_rows = [_message_row(it.tenant, m, now_ms, self.media_cfg) for m in h.messages]
+            cur = conn.executemany(_INSERT_MESSAGE, people_events.fill_alts(conn, history_rows, {}))
             stored = max(cur.rowcount, 0)
             synced.append((it.tenant, h, stored))
             conn.execute(

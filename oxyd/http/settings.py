@@ -1,0 +1,60 @@
+"""PATCH /v1/tenants/{id}: a tenant's settings (design §13), also accepted by POST /v1/tenants.
+
+`reject_calls` (incoming calls are declined, `call.rejected` event), `mark_online` (presence
+"available" while connected, so read receipts and typing show), and `proxy` (the tenant's
+network path to WhatsApp; `neonize.proxy` is the default when unset). A proxy is shown with its
+password masked, and only the admin may set it: it decides where a session's traffic goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from oxyd.http.routes import ok
+from oxyd.http.server import APP, ApiError, check_fields, json_body, require_admin, tenant_id
+from oxyd.proxy import proxy_error
+
+table = web.RouteTableDef()
+
+FIELDS: dict[str, type | tuple] = {"reject_calls": bool, "mark_online": bool, "proxy": str}
+MAX_PROXY_CHARS = 1024
+
+
+def proxy_url(value: str, prefix: str = "") -> str:
+    """A `socks5://` or `http://` URL with a host and a port (oxyd/proxy.py); else 400."""
+    why = proxy_error(value) if len(value) <= MAX_PROXY_CHARS else "is too long"
+    if why is None and (not value.isprintable() or " " in value):
+        why = "must not contain spaces or control characters"
+    if why is not None:
+        raise ApiError(
+            400,
+            "invalid_field",
+            f"{prefix}proxy: {why}, e.g. socks5://user:password@proxy.example:1080",
+        )
+    return value.rstrip("/")
+
+
+def settings_fields(body: dict[str, Any], request: web.Request, prefix: str = "") -> dict:
+    """The settings in `body` (only FIELDS keys), checked; `proxy: null` clears the proxy."""
+    changes = {k: body[k] for k in FIELDS if k in body}
+    check_fields(changes, FIELDS, prefix=prefix)
+    for key in ("reject_calls", "mark_online"):
+        if key in changes and changes[key] is None:
+            raise ApiError(400, "invalid_field", f"{prefix}{key}: must be a boolean")
+    if "proxy" in changes:
+        require_admin(request)
+        if changes["proxy"] is not None:
+            changes["proxy"] = proxy_url(changes["proxy"], prefix)
+    return changes
+
+
+@table.patch("/v1/tenants/{id}")
+async def patch_tenant(request: web.Request) -> web.Response:
+    tid = tenant_id(request)
+    body = await json_body(request, allowed=FIELDS)
+    if not body:
+        raise ApiError(400, "invalid_body", f"give at least one of {sorted(FIELDS)}")
+    changes = settings_fields(body, request)
+    return ok(await request.app[APP].supervisor.update_settings(tid, changes))
