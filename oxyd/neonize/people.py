@@ -183,13 +183,17 @@ class PeopleMixin:
         self._tasks: set[asyncio.Task] = set()
 
     async def _live(self, fn, *args: Any) -> Any:
-        """Call `fn(*args)` on the running session, under the gate's shared side."""
+        """Call `fn(*args)` on the running session, holding the gate's shared side."""
         if not self.running:
             raise NotConnected("not connected")
-        async with self.engine.gate.shared():
+
+        async def call() -> Any:
             if not self.running or not await self._nc.is_logged_in:
                 raise NotConnected("not connected")
             return await fn(*args)
+
+        # Gate.run: a caller that gives up (timeout) never frees the gate under a live Go call.
+        return await self.engine.gate.run(call, exclusive=False)
 
     async def _whatsapp(self, what: str, fn, *args: Any) -> Any:
         """A request to WhatsApp; its refusals become Refused with WhatsApp's code."""
