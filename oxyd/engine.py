@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from oxyd.model import Event, Group, LookupResult, Message, Participant, Picture
+from oxyd.model import ContactName, Event, Group, LookupResult, Message, Participant, Picture
 
 Sink = Callable[[Event], None]
 
@@ -112,6 +112,11 @@ class Client(Protocol):
 
     async def identity(self, jid: str) -> str | None:
         """The other form of a JID (phone JID <-> LID) from the device's own LID map."""
+        ...
+
+    async def address_book(self) -> list[ContactName]:
+        """The account's saved contacts with their names (the device's own copy of app state:
+        no server call)."""
         ...
 
     async def user_info(self, jid: str) -> dict:

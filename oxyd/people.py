@@ -40,6 +40,7 @@ class People:
         self.sup = sup
         self.dir = Directory(sup.store)
         self._groups_synced: set[str] = set()  # tenants whose list was fetched this process
+        self._book_synced: set[str] = set()  # tenants whose address book was read
 
     # ---- plumbing ----
 
@@ -91,13 +92,46 @@ class People:
             found = await self._call(r, "lookup", missing)
             await self.dir.save_lookups(tenant, found, self._now_ms())
             self._learned(tenant, [(x.lid, x.jid) for x in found if x.on_whatsapp])
+            names = [m.ContactName(x.jid, business_name=x.business_name) for x in found]
+            self.sup.writer.offer(tenant, [n for n in names if n.jid and n.business_name])
             cached.update({x.phone: x for x in found})
         return [_lookup_json(cached.get(p) or m.LookupResult(p, False)) for p in phones]
 
     # ---- contacts ----
 
-    async def contact(self, tenant: str, jid: str) -> dict[str, Any] | None:
+    async def contacts(
+        self, tenant: str, limit: int, cursor: str | None, refresh: bool
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The store's contacts; the device's address book is read into it once per daemon
+        run while connected (and with `refresh`), before the first page is answered."""
+        r = self.sup.runner(tenant)
+        if cursor is None and (
+            refresh or (tenant not in self._book_synced and r.t.state is State.CONNECTED)
+        ):
+            book = await self._call(self._runner(tenant), "address_book")
+            self._book_synced.add(tenant)
+            await self._store_events(tenant, book)
+        return await self.dir.contacts(tenant, limit, cursor)
+
+    async def _store_events(self, tenant: str, events: list) -> None:
+        """Hand engine-style data events to the writer and wait until they are committed."""
+        while events:
+            taken = self.sup.writer.offer(tenant, events)
+            events = events[taken:]
+            if events:
+                await self.sup.writer.wait_room()
+        await self.sup.writer.flush()
+
+    async def contact(self, tenant: str, jid: str, refresh: bool = False) -> dict[str, Any] | None:
         self.sup.runner(tenant)
+        if refresh:  # one usync query: the business name and the LID, as WhatsApp has them
+            info = await self._call(self._runner(tenant), "user_info", jid)
+            events: list = []
+            if info.get("business_name"):
+                events.append(m.ContactName(jid, business_name=info["business_name"]))
+            if info.get("lid") and jid.endswith("@s.whatsapp.net"):
+                events.append(m.IdentityLearned(info["lid"], jid))
+            await self._store_events(tenant, events)
         found = await self.dir.contact(tenant, jid)
         other = (found or {}).get("lid" if jid.endswith("@s.whatsapp.net") else "phone")
         if other in (None, jid):

@@ -135,6 +135,24 @@ def test_call_offer_and_identities():
     assert p.identities(m.Message("M2", GROUP, ANN, False, 1)) == []
 
 
+def test_address_book_and_business_names():
+    contacts = [
+        npb.Contact(
+            JID=jid(ANN), Info=npb.ContactInfo(Found=True, FirstName="Ann", FullName="Ann Lee")
+        ),
+        npb.Contact(JID=jid(BOB), Info=npb.ContactInfo(Found=True, PushName="bob")),  # no names
+        npb.Contact(JID=jid(BOB_LID), Info=npb.ContactInfo(Found=True, BusinessName="Bob's")),
+    ]
+    assert p.contact_names(contacts) == [
+        m.ContactName(ANN, "Ann Lee", "Ann", None),
+        m.ContactName(BOB_LID, None, None, "Bob's"),
+    ]
+    ev = npb.Message(Info=npb.MessageInfo(ID="M1"))
+    ev.Info.VerifiedName.Details.verifiedName = "Shop Ltd"
+    assert p.business_name(ev) == "Shop Ltd"
+    assert p.business_name(npb.Message(Info=npb.MessageInfo(ID="M2"))) is None
+
+
 def test_refusals_and_picture_urls():
     assert p.refusal_status("info query returned status 403: forbidden") == 403
     assert p.refusal_status("failed: status 410 gone") == 404
@@ -152,6 +170,7 @@ async def test_calls_on_a_client_that_is_not_running_are_refused(tmp_path):
     client.native()  # a real NewAClient that never connected: Go would crash on most calls
     calls = [
         client.lookup(["4915111111111"]),
+        client.address_book(),
         client.identity(ANN),
         client.user_info(ANN),
         client.picture(ANN, None),

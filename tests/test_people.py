@@ -161,11 +161,32 @@ async def test_contacts_with_names_and_identities(h):
     assert rest["contacts"][0]["jid"] == other["jid"] and rest["next_cursor"] is None
     one = await call(h, "GET", "/v1/tenants/a/contacts/15550001111")
     assert one["lid"] == ann["lid"]
+    fresh = await call(h, "GET", "/v1/tenants/a/contacts/15550001111?refresh=true")
+    assert fresh["lid"] == ann["lid"] and (await server_calls(h, "a"))["user_info"] == 1
     by_lid = await call(h, "GET", f"/v1/tenants/a/contacts/{ann['lid']}")
     assert by_lid["phone"] == ann["jid"] and by_lid["lid"] == ann["lid"]
     await call(h, "GET", "/v1/tenants/a/contacts/15559999999", status=404)
     await call(h, "GET", "/v1/tenants/a/contacts/nonsense", status=400)
     await call(h, "GET", "/v1/tenants/a/contacts?cursor=zzz", status=400)
+
+
+async def test_address_book_is_read_into_the_contacts(h):
+    await h.add("a")
+    # saved on the phone while the daemon was away: no app-state event, only the device's copy
+    await sim(h, "a", action="contacts", phones=["15550001111"], names={"15550001111": "Ann Lee"})
+    await until(lambda: h.app.writer.depth == 0)
+    con = sqlite3.connect(h.app.cfg.data_dir / "oxyd.sqlite3")
+    con.execute("DELETE FROM contacts")
+    con.commit()
+    con.close()
+    body = await call(h, "GET", "/v1/tenants/a/contacts")
+    assert [(c["jid"], c["name"]) for c in body["contacts"]] == [
+        ("15550001111@s.whatsapp.net", "Ann Lee")
+    ]
+    await call(h, "POST", "/v1/tenants/a/stop", status=202)
+    assert (await call(h, "GET", "/v1/tenants/a/contacts"))["contacts"]  # the stored copy
+    err = await call(h, "GET", "/v1/tenants/a/contacts?refresh=true", status=409)
+    assert err["error"]["code"] == "not_connected"
 
 
 async def test_profile_picture_cached_with_its_id(tmp_path, monkeypatch):

@@ -9,6 +9,13 @@ from oxyd.http.openapi import BOOL, CURSOR, INT, LIMIT, MS, STR, _json, _nullabl
 
 NSTR = _nullable("string")
 ACTIONS = ("add", "remove", "promote", "demote")
+REFRESH = {
+    "name": "refresh",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+    "description": "ask WhatsApp (or the device) again instead of the stored copy",
+}
 
 
 def _array(name: str) -> dict[str, Any]:
@@ -127,8 +134,8 @@ def paths() -> dict[str, Any]:
                         ("contacts", "next_cursor"),
                     )
                 ),
-                (),
-                params=[LIMIT, CURSOR],
+                (409,),
+                params=[LIMIT, CURSOR, REFRESH],
             )
         },
         "/v1/tenants/{id}/contacts/{jid}": {
@@ -136,8 +143,8 @@ def paths() -> dict[str, Any]:
                 "One contact, with its other identity (lid of a phone JID, phone of a LID)",
                 200,
                 _json(_ref("Contact")),
-                (),
-                params=[JID_PARAM],
+                (409, 429),
+                params=[JID_PARAM, REFRESH],
             )
         },
         "/v1/tenants/{id}/contacts/{jid}/picture": {
@@ -155,7 +162,7 @@ def paths() -> dict[str, Any]:
                 200,
                 _json(_obj({"groups": groups}, ("groups",))),
                 (409,),
-                params=[{"name": "refresh", "in": "query", "required": False, "schema": STR}],
+                params=[REFRESH],
             ),
             "post": _engine_op(
                 "Create a group",

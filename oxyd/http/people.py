@@ -95,7 +95,9 @@ async def list_contacts(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 1, 1000)
     cursor = _cursor(request)
     try:
-        contacts, nxt = await _people(request).dir.contacts(tid, limit, cursor)
+        contacts, nxt = await _people(request).contacts(
+            tid, limit, cursor, bool_param(request, "refresh")
+        )
     except (ValueError, TypeError):
         raise ApiError(400, "invalid_cursor", "cursor: not a cursor this API returned") from None
     return ok({"contacts": contacts, "next_cursor": nxt})
@@ -105,7 +107,7 @@ async def list_contacts(request: web.Request) -> web.Response:
 async def get_contact(request: web.Request) -> web.Response:
     tid = tenant_id(request)
     jid = user_jid(request.match_info["jid"], "jid")
-    found = await _people(request).contact(tid, jid)
+    found = await _people(request).contact(tid, jid, bool_param(request, "refresh"))
     if found is None:
         raise ApiError(404, "contact_not_found", f"nothing is known about {jid}")
     return ok(found)

@@ -172,7 +172,7 @@ class NeonizeClient(PeopleMixin):
                 msg = tr.message_from_event(ev, own_jid=self._own_jid)
                 if msg is not None:
                     events.append(msg)
-                    self._people_message(msg)
+                    self._people_message(msg, ev)
             elif name == "Receipt":
                 receipt = tr.receipt_from_event(ev)
                 events = [receipt] if receipt is not None else []

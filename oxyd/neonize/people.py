@@ -116,6 +116,28 @@ def call_offer(ev: Any) -> tuple[str, Any, str, int] | None:
     return meta.callID, creator, caller, to_ms(meta.timestamp)
 
 
+def contact_names(contacts: Iterable[Any]) -> list[m.ContactName]:
+    """The device's contact store (app state: saved names; business names) as ContactName."""
+    out = []
+    for c in contacts:
+        jid, info = jid_str(c.JID), c.Info
+        if jid and (info.FullName or info.FirstName or info.BusinessName):
+            out.append(
+                m.ContactName(
+                    jid, info.FullName or None, info.FirstName or None, info.BusinessName or None
+                )
+            )
+    return out
+
+
+def business_name(ev: Any) -> str | None:
+    """The verified business name a message event carries, if any."""
+    info = ev.Info
+    if not info.HasField("VerifiedName"):
+        return None
+    return info.VerifiedName.Details.verifiedName or None
+
+
 def identities(msg: m.Message) -> list[m.IdentityLearned]:
     """LID <-> phone pairs a translated message carries (whatsmeow's SenderAlt/RecipientAlt)."""
     out = []
@@ -180,6 +202,7 @@ class PeopleMixin:
 
     def _people_init(self) -> None:
         self._seen_lids: set[str] = set()
+        self._seen_names: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
 
     async def _live(self, fn, *args: Any) -> Any:
@@ -233,7 +256,13 @@ class PeopleMixin:
         if self.settings.get("mark_online"):
             self._spawn(self._presence())
 
-    def _people_message(self, msg: m.Message) -> None:
+    def _people_message(self, msg: m.Message, ev: Any) -> None:
+        name = business_name(ev)
+        if name and not msg.from_me and (msg.sender, name) not in self._seen_names:
+            if len(self._seen_names) > _SEEN_MAX:
+                self._seen_names.clear()
+            self._seen_names.add((msg.sender, name))
+            self._emit(m.ContactName(msg.sender, business_name=name))
         for ident in identities(msg):
             if ident.lid not in self._seen_lids:
                 if len(self._seen_lids) > _SEEN_MAX:
@@ -274,6 +303,10 @@ class PeopleMixin:
         except Exception:
             return None  # not in the map
         return parse_jid(jid_str(found) or "") if found is not None else None
+
+    async def address_book(self) -> list[m.ContactName]:
+        contacts = await self._live(self._nc.contact.get_all_contacts)
+        return contact_names(contacts)
 
     async def user_info(self, jid: str) -> dict[str, Any]:
         infos = await self._whatsapp("user info", self._nc.get_user_info, jid_proto(jid))

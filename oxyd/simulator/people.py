@@ -127,6 +127,16 @@ class PeopleMixin:
         learned = (await self._load()).get("lid_map") or {}
         return learned.get(jid)
 
+    async def address_book(self: SimulatorClient) -> list[m.ContactName]:
+        if not self.connected:
+            raise NotConnected("simulated client is not connected")
+        world = await self._world()
+        return [
+            m.ContactName(jid, c["name"], c["name"].split()[0], c.get("business_name"))
+            for jid, c in world["contacts"].items()
+            if c.get("name")
+        ]
+
     async def user_info(self: SimulatorClient, jid: str) -> dict[str, Any]:
         await self._call("user_info")
         world = await self._world()
@@ -299,6 +309,7 @@ class PeopleMixin:
             out.append({"phone": p, "jid": jid, "lid": lid_of(jid)})
             name = names.get(p) or names.get(jid)
             if name:
+                c["name"] = name
                 events.append(m.ContactName(jid, full_name=name, first_name=name.split()[0]))
         await self._save_world(world)
         for ev in events:
@@ -307,6 +318,7 @@ class PeopleMixin:
 
     async def _a_group(self: SimulatorClient, a: dict[str, Any]) -> dict[str, Any]:
         jid = field(a, "jid", str, required=True)
+        jid = jid if "@" in jid else f"{jid}@g.us"
         subject = field(a, "subject", str, required=True)
         participants = field(a, "participants", list, required=True)
         description = field(a, "description", str)
