@@ -157,3 +157,27 @@ class TwiceWatch:
             previous = both
             self.rounds += 1
             time.sleep(0.05)
+
+
+class EventStream:
+    """A blocking reader of GET /v1/events: frames as (event, data), comments skipped."""
+
+    def __init__(self, node: Node, token: str = TOKEN) -> None:
+        req = urllib.request.Request(
+            node.url("/v1/events"), headers={"Authorization": f"Bearer {token}"}
+        )
+        self.resp = urllib.request.urlopen(req, timeout=20)
+
+    def next(self) -> tuple[str, object]:
+        while True:
+            event, data = "message", None
+            while (line := self.resp.readline().decode()).strip():
+                if line.startswith("event: "):
+                    event = line[7:].strip()
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+            if data is not None:
+                return event, data
+
+    def close(self) -> None:
+        self.resp.close()

@@ -6,7 +6,7 @@ import sqlite3
 import time
 
 import pytest
-from cluster_helpers import Node, TwiceWatch, free_cluster_port
+from cluster_helpers import EventStream, Node, TwiceWatch, free_cluster_port
 from helpers import sync_until
 
 from oxyd.cluster.ring import owner
@@ -99,6 +99,23 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
         # Never served; refused by the other tenant's node, which does not know the token.
         assert via.call("GET", f"/v1/tenants/{other}", token=tenant_token)[0] in (401, 404)
     assert n0.call("GET", f"/v1/tenants/{remote}", token="wrong-token-xxxxxxxx")[0] == 401
+
+    # The live feed merges every node: one snapshot of all tenants, then any node's events.
+    feed = EventStream(n1)
+    event, snap = feed.next()
+    assert event == "snapshot" and [t["id"] for t in snap["tenants"]] == TENANTS
+    assert [x["status"] for x in snap["nodes"]] == ["ok", "ok", "ok"]
+    far = next(t for t in TENANTS if owner(t, 3) == 2)
+    assert n0.call("POST", f"/v1/tenants/{far}/stop")[0] == 202
+    while (frame := feed.next())[1].get("tenant") != far:
+        pass
+    assert frame[0] == "state" and frame[1]["data"]["state"] == "stopped"
+    feed.close()
+    assert n0.call("POST", f"/v1/tenants/{far}/start")[0] == 202
+    own_feed = EventStream(n0, tenant_token)  # a tenant token: its own tenant only
+    event, snap = own_feed.next()
+    assert event == "snapshot" and [t["id"] for t in snap["tenants"]] == [remote]
+    own_feed.close()
     assert n0.call("POST", f"/v1/tenants/{remote}/logout")[0] == 202
     sync_until(lambda: n1.call("GET", f"/v1/tenants/{remote}")[1]["state"] == "logged_out", 20)
     assert n1.call("POST", f"/v1/tenants/{remote}/pair", {})[0] == 202
@@ -134,9 +151,15 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
         _start(cluster, 4)
         sync_until(lambda: _where(cluster) == {t: owner(t, 4) for t in TENANTS}, 90, "moved")
     assert watch.rounds > 3 and not watch.twice
-    for node in three:  # only the re-hashed tenants moved
-        moved = {t for t in TENANTS if f"[{t}] moved to node 3" in node.log()}
-        assert moved == {t for t in rehashed if owner(t, 3) == node.n}
+    for node in three:  # only the re-hashed tenants moved (logged once the copy is gone)
+        expected = {t for t in rehashed if owner(t, 3) == node.n}
+        sync_until(
+            lambda node=node, expected=expected: (
+                {t for t in TENANTS if f"[{t}] moved to node 3" in node.log()} == expected
+            ),
+            30,
+            f"moves logged by node {node.n}",
+        )
     n3 = cluster[3]
     for tid in TENANTS:
         assert len(_messages(n3, tid)) == counts[tid], tid

@@ -84,6 +84,26 @@ async def health(node: Node, request: web.Request, handler) -> web.Response:
     }
     if not parts:
         raise _first_error(results)
+    out = merge_health(parts)
+    for n, res in sorted(results.items()):
+        if isinstance(res, PeerUnavailable):
+            out["alerts"].append(unavailable_alert(n, res.why))
+    out["nodes"] = _node_list(results)
+    return web.json_response(out)
+
+
+def unavailable_alert(n: int, why: str) -> dict[str, Any]:
+    return {
+        "tenant": None,
+        "state": "node_unavailable",
+        "node": n,
+        "reason": f"node {n} does not answer ({why})",
+        "action": "its tenants wait for it: check the pod and its volume",
+    }
+
+
+def merge_health(parts: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One health answer from several nodes' answers ({node: answer})."""
     out: dict[str, Any] = {
         "checked_at_ms": min(p.get("checked_at_ms") or 0 for p in parts.values()),
         "total": 0,
@@ -99,16 +119,4 @@ async def health(node: Node, request: web.Request, handler) -> web.Response:
         for state, count in (p.get("by_state") or {}).items():
             out["by_state"][state] = out["by_state"].get(state, 0) + count
         out["alerts"] += [{**a, "node": n} for a in p.get("alerts") or []]
-    for n, res in sorted(results.items()):
-        if isinstance(res, PeerUnavailable):
-            out["alerts"].append(
-                {
-                    "tenant": None,
-                    "state": "node_unavailable",
-                    "node": n,
-                    "reason": f"node {n} does not answer ({res.why})",
-                    "action": "its tenants wait for it: check the pod and its volume",
-                }
-            )
-    out["nodes"] = _node_list(results)
-    return web.json_response(out)
+    return out

@@ -66,6 +66,10 @@ def middleware(node: Node):
                 return await merge.tenants(node, request, handler)
             if request.method == "POST":
                 return await route_create(node, request, handler)
+        if path == "/v1/events" and request.method == "GET":
+            from oxyd.cluster import events
+
+            return await events.events(node, request)
         if path == "/v1/health" and request.method == "GET":
             return await merge.health(node, request, handler)
         return await handler(request)
