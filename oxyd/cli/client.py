@@ -146,6 +146,10 @@ def _tenant_text(t: dict[str, Any]) -> str:
 
 def cmd_tenant(args: argparse.Namespace, api: Api) -> int:
     action, tid = args.action, getattr(args, "id", None)
+    if action in ("export", "import"):
+        from oxyd.cli import archive
+
+        return archive.run(args, api)
     if action == "list":
         tenants = api.call("GET", "/v1/tenants")["tenants"]
         head = f"{'ID':<24} {'ENGINE':<10} {'STATE':<13} {'MESSAGES':>9}  JID"
@@ -271,6 +275,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm = actions.add_parser("remove", parents=[common], help="log out and remove a tenant")
     rm.add_argument("id")
     rm.add_argument("--purge", action="store_true", help="also delete its messages")
+    from oxyd.cli import archive
+
+    archive.add_actions(actions, common)
     tenant.set_defaults(handler=_run(cmd_tenant))
 
     pair = sub.add_parser("pair", parents=[common], help="pair a tenant (QR or phone code)")

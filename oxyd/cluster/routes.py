@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from loguru import logger
 from oxyd.cluster import archive, handover
 from oxyd.cluster.node import node_of
 from oxyd.cluster.peers import FROM_HEADER, TOKEN_HEADER
+from oxyd.http.routes_archive import save_body
 from oxyd.http.server import APP, ApiError
 from oxyd.model import valid_tenant_id
 from oxyd.store import moves, tenant_rows
@@ -77,7 +77,7 @@ async def receive(request: web.Request) -> web.Response:
     path = handover.work_dir(app, "in", f"{tid}.tar")
     try:
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
-        got = await _save(request, path)
+        got = await save_body(request, path)
         if got != sha:
             raise ApiError(400, "invalid_archive", "the archive's sha256 does not match")
         record = (
@@ -95,18 +95,3 @@ async def receive(request: web.Request) -> web.Response:
             await asyncio.to_thread(os.unlink, path)
     logger.bind(tenant=tid).info("tenant received from node {} and started", source)
     return web.json_response({"tenant": tid, "node": node.me, "imported": True, **data}, status=201)
-
-
-async def _save(request: web.Request, path) -> str:
-    h = hashlib.sha256()
-    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    f = os.fdopen(fd, "wb")
-    try:
-        async for chunk in request.content.iter_chunked(archive.CHUNK):
-            h.update(chunk)
-            await asyncio.to_thread(f.write, chunk)
-        await asyncio.to_thread(f.flush)
-        await asyncio.to_thread(os.fsync, f.fileno())
-    finally:
-        f.close()
-    return h.hexdigest()

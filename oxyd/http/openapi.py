@@ -271,6 +271,28 @@ SHA_PARAM = {"name": "sha256", "in": "path", "required": True, "schema": STR}
 READY = _json(_obj({"status": STR, "checks": {"type": "object"}}, ("status", "checks")))
 
 
+def _archive_ops() -> dict[str, Any]:
+    """The tenant archive (a tar), by hand: export from one daemon, import into another."""
+    tar = {"schema": {"type": "string", "format": "binary"}}
+    get = _op(
+        "Export the tenant's archive (its client pauses while the snapshot is taken)",
+        200,
+        {"description": "The archive", "content": {"application/x-tar": tar}},
+        (),
+        admin=True,
+    )
+    put = _op(
+        "Import a tenant archive (made by GET .../archive or a cluster move) and start it",
+        201,
+        TENANT_OK,
+        (409,),
+        admin=True,
+        reads_body=True,
+    )
+    put["requestBody"] = {"required": True, "content": {"application/x-tar": tar}}
+    return {"get": get, "put": put}
+
+
 def paths() -> dict[str, Any]:
     tenant_action = {"post": _op("Tenant action", 202, TENANT_OK, (409,), reads_body=True)}
     return {
@@ -524,6 +546,7 @@ def paths() -> dict[str, Any]:
                 tenant=False,
             )
         },
+        "/v1/tenants/{id}/archive": _archive_ops(),
         "/v1/backups": {
             "get": _op(
                 "Encrypted backups in the data directory, newest first",

@@ -310,6 +310,9 @@ def make_app(app: App) -> web.Application:
     people.setup(web_app)
     web_app.add_routes(metrics.table)
     web_app.add_routes(openapi.table)
+    from oxyd.http import routes_archive
+
+    web_app.add_routes(routes_archive.table)
     for extra in app.extras.get("route_tables", ()):
         web_app.add_routes(extra)
     return web_app

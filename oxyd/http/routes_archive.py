@@ -1,0 +1,108 @@
+"""GET and PUT /v1/tenants/{id}/archive: one tenant's complete archive, by hand (design §16).
+
+The same archive format as cluster moves (oxyd/cluster/archive.py): export a tenant from one
+daemon, import it into another (then remove it from the first). In cluster mode both routes
+land on the tenant's owner like every tenant route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+
+from aiohttp import web
+
+from oxyd.cluster import archive, handover
+from oxyd.http.server import APP, ApiError, require_admin, tenant_id
+from oxyd.model import valid_tenant_id
+from oxyd.store import tenant_rows
+
+table = web.RouteTableDef()
+CONTENT_TYPE = "application/x-tar"
+
+
+def _node(request: web.Request) -> int | None:
+    node = request.app[APP].extras.get("cluster")
+    return None if node is None else node.me
+
+
+@table.get("/v1/tenants/{id}/archive")
+async def export_archive(request: web.Request) -> web.StreamResponse:
+    """Stops the tenant's client for the moment the snapshot takes, then starts it again."""
+    require_admin(request)
+    tid = tenant_id(request)
+    app = request.app[APP]
+    path = handover.work_dir(app, "out", f"{tid}.{time.time_ns()}.export.tar")
+    runner = await handover.detach(app, tid)
+    try:
+        manifest = await handover.export(app, tid, path, _node(request))
+    finally:
+        await handover.attach(app, tid, runner)
+    try:
+        sha = await asyncio.to_thread(archive.sha256_file, path)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": CONTENT_TYPE,
+                "Content-Disposition": f'attachment; filename="{tid}.oxyd.tar"',
+                "X-Oxyd-Archive-Sha256": sha,
+                "X-Oxyd-Archive-Rows": str(sum(manifest["rows"].values())),
+            }
+        )
+        resp.content_length = size
+        await resp.prepare(request)
+        with open(path, "rb") as f:  # noqa: ASYNC230 (each read runs in a thread)
+            while chunk := await asyncio.to_thread(f.read, archive.CHUNK):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, path)
+
+
+@table.put("/v1/tenants/{id}/archive")
+async def import_archive(request: web.Request) -> web.Response:
+    """201 with the tenant object, started; 409 when the tenant exists here."""
+    require_admin(request)
+    tid = request.match_info["id"]
+    if not valid_tenant_id(tid):
+        raise ApiError(400, "invalid_tenant_id", "tenant ids match ^[a-z0-9][a-z0-9_-]{0,62}$")
+    app = request.app[APP]
+    if tid in app.supervisor.runners:
+        raise ApiError(409, "tenant_exists", f"tenant {tid!r} exists already")
+    path = handover.work_dir(app, "in", f"{tid}.{time.time_ns()}.import.tar")
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+    try:
+        sha = await save_body(request, path)
+        want = request.headers.get("X-Oxyd-Archive-Sha256")
+        if want and want.lower() != sha:
+            raise ApiError(400, "invalid_archive", "the body's sha256 differs from the header's")
+        data = await handover.import_archive(app, tid, path)
+    except archive.ArchiveError as e:
+        raise ApiError(400, e.code, e.message) from None
+    except tenant_rows.ImportRefused as e:
+        raise ApiError(409, e.code, e.message) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, path)
+    return web.json_response(data, status=201)
+
+
+async def save_body(request: web.Request, path) -> str:
+    """Stream the request body to `path` (0600, fsynced); its sha256."""
+    h = hashlib.sha256()
+    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    f = os.fdopen(fd, "wb")
+    try:
+        async for chunk in request.content.iter_chunked(archive.CHUNK):
+            h.update(chunk)
+            await asyncio.to_thread(f.write, chunk)
+        await asyncio.to_thread(f.flush)
+        await asyncio.to_thread(os.fsync, f.fileno())
+    finally:
+        f.close()
+    return h.hexdigest()
