@@ -157,8 +157,7 @@ def _write_tar(
             info.mode = 0o600
             with open(stage / name, "rb") as src:
                 tar.addfile(info, src)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    # No fsync: an archive is a transient copy, sent and deleted; after a crash it is rebuilt.
     os.replace(tmp, out)
     return manifest
 
