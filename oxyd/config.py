@@ -220,6 +220,9 @@ class MediaConfig:
     retry_cap_s: float = 600.0
     # How long the phone gets to re-upload an expired file.
     reupload_timeout_s: float = 60.0
+    # Flush each new file to the disk before its row says "stored" (a power cut then never
+    # leaves a stored row over a truncated file). Costs throughput on slow disks.
+    fsync: bool = True
 
     def validate(self, p: str) -> None:
         _check(self.max_bytes >= 1, f"{p}.max_bytes", "must be positive")

@@ -49,9 +49,9 @@ class Downloads:
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self.results: Counter[str] = Counter()
         self.bytes_by_tenant: Counter[str] = Counter()
-        # Serialises "file into place + row stored" against retention's "unreferenced files
-        # out", so a sweep never deletes a file whose row is about to say stored.
-        self.commit_lock = asyncio.Lock()
+        # (tenant, sha256) whose file is being put in place or reused and whose row does not
+        # say stored yet: retention leaves these alone (see oxyd/media/retention.py).
+        self.committing: Counter[tuple[str, str]] = Counter()
         self._queues: dict[str, deque[Job]] = {}
         self._ready: deque[str] = deque()
         self._more: set[str] = set()
@@ -255,33 +255,47 @@ class Downloads:
             await self._transient(job, "file hash does not match WhatsApp's (corrupt download)")
             return
         quota = self._quota_bytes()
-        async with self.commit_lock:
-            had = await self.table.has_stored(job.tenant, sha256)
-            if quota and not had and self.bytes_by_tenant[job.tenant] + size > quota:
+        room = quota - self.bytes_by_tenant[job.tenant] if quota else None
+        final = files.path_of(self.data_dir, job.tenant, sha256)
+        key = (job.tenant, sha256)
+        self.committing[key] += 1
+        try:
+            outcome = await asyncio.to_thread(
+                files.commit, partial, final, size, room, self.cfg.fsync
+            )
+            if outcome == "no_room":
                 await self._over_quota(job, quota)
                 return
-            final = files.path_of(self.data_dir, job.tenant, sha256)
-            await asyncio.to_thread(files.commit, partial, final)
             await self._done(job, STORED, None, sha256=sha256, size=size)
-        if not had:
+        finally:
+            self._uncommit(key)
+        if outcome == "new":
             self.bytes_by_tenant[job.tenant] += size
+
+    def _uncommit(self, key: tuple[str, str]) -> None:
+        self.committing[key] -= 1
+        if self.committing[key] <= 0:
+            del self.committing[key]
 
     async def _already_here(self, job: Job) -> bool:
         sha = job.expected_sha256
         return bool(sha) and await self.table.has_stored(job.tenant, sha or "")
 
     async def _dedup(self, job: Job) -> bool:
-        """A file this tenant stored already (same WhatsApp hash): no second download."""
+        """A file this tenant has already (same WhatsApp hash): no second download. The file
+        on disk is the proof: it was verified against its hash when it was put there."""
         sha = job.expected_sha256
         if not sha or not files.SHA256_RE.fullmatch(sha):
             return False
-        async with self.commit_lock:
-            if not await self.table.has_stored(job.tenant, sha):
-                return False
+        key = (job.tenant, sha)
+        self.committing[key] += 1
+        try:
             if not await asyncio.to_thread(files.exists, self.data_dir, job.tenant, sha):
                 return False
             self.results["deduplicated"] += 1
             await self._done(job, STORED, None, sha256=sha, size=job.size, count=False)
+        finally:
+            self._uncommit(key)
         return True
 
     async def _expired(self, job: Job, client: Client, why: str) -> None:

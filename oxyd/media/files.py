@@ -37,16 +37,28 @@ def new_partial(data_dir: Path, tenant_id: str) -> Path:
     return folder / f"{secrets.token_hex(8)}.part"
 
 
-def commit(partial: Path, final: Path) -> bool:
-    """Move a complete download into place; False when the content was there already
-    (identical files are stored once: the partial is dropped)."""
+def commit(
+    partial: Path, final: Path, size: int, room_bytes: int | None = None, fsync: bool = True
+) -> str:
+    """Move a complete, verified download into place. Returns "exists" when the content was
+    there already (identical files are stored once: the partial is dropped), "no_room" when
+    it is new and larger than `room_bytes` (the quota left; the partial stays for the caller
+    to delete), else "new"."""
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if final.exists():
         partial.unlink(missing_ok=True)
-        return False
+        return "exists"
+    if room_bytes is not None and size > room_bytes:
+        return "no_room"
     os.chmod(partial, 0o600)
+    if fsync:  # the bytes reach the disk before any row can say "stored" (media.fsync)
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(partial, final)
-    return True
+    return "new"
 
 
 def exists(data_dir: Path, tenant_id: str, sha256: str) -> bool:

@@ -3,8 +3,8 @@
 Runs with the other retention jobs. In order: media rows whose message is gone (message
 retention, purges) are dropped; with `media.retention_days`, stored files of messages older
 than that are let go (the message stays, its media shows `skipped` with the reason); then every
-file on disk that no stored row of its tenant refers to is deleted. Deletion holds the
-downloader's commit lock, so a download finishing meanwhile is never mistaken for an orphan.
+file on disk that no stored row of its tenant refers to is deleted. A download finishing
+meanwhile is never mistaken for an orphan (the downloader marks files it is committing).
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ async def sweep(
         expired = await table.expire_before(now_ms - int(cfg.retention_days * DAY_MS), now_ms)
     removed = freed = 0
     for tenant in await asyncio.to_thread(datadir.tenant_folders, data_dir):
-        async with downloads.commit_lock:
-            on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
-            if not on_disk:
-                continue
-            keep = await table.referenced(tenant)
-            gone = [sha for sha in on_disk if sha not in keep]
-            for sha in gone:
-                await asyncio.to_thread(files.delete, data_dir, tenant, sha)
+        on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
+        if not on_disk:
+            continue
+        # In this order: listed, then the files being committed right now, then the rows.
+        # A file moved in before the listing either has its stored row by the query, or was
+        # still being committed when `busy` was taken; one moved in later is not listed.
+        busy = {sha for (t, sha) in downloads.committing if t == tenant}
+        keep = await table.referenced(tenant)
+        gone = [sha for sha in on_disk if sha not in keep and sha not in busy]
+        for sha in gone:
+            await asyncio.to_thread(files.delete, data_dir, tenant, sha)
         removed += len(gone)
         freed += sum(on_disk[s] for s in gone)
     if removed or orphans or expired:

@@ -123,6 +123,4 @@ def write_file(dest: str, data: bytes) -> str:
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return hashlib.sha256(data).hexdigest()

@@ -29,6 +29,7 @@ from oxyd.engine import EngineError
 CDN_DIR = "simcdn"
 REF_PREFIX = "sim:"
 CHUNK_BYTES = 1 << 20
+WRITE_BYTES = 512 << 10
 MAX_GENERATED_BYTES = 4 << 30
 TYPES = ("image", "video", "audio", "voice", "document", "sticker")
 _DEFAULT_MIME = {
@@ -168,33 +169,42 @@ class SimulatedCdn:
 
 
 async def stream_to_file(content: aiohttp.StreamReader, dest: str, max_bytes: int) -> dict:
-    """Write a response body to `dest` as it arrives, hashing on the way; at most
-    CHUNK_BYTES are held at once. The file is fsynced before this returns."""
+    """Write a response body to `dest` as it arrives, hashing on the way. The disk write
+    and hash of one buffer run in a thread while the next buffer is read from the socket
+    (double buffering: the connection is never paused for the disk), so at most about
+    3 x WRITE_BYTES are held per download. (Flushing to the disk is the downloader's
+    business: media.fsync, done once for every engine in oxyd/media/files.py.)"""
     h = hashlib.sha256()
     f = await asyncio.to_thread(open, dest, "wb")
     total = 0
+    pending: asyncio.Future | None = None
     try:
         buf = bytearray()
-        async for chunk in content.iter_chunked(CHUNK_BYTES):
+        async for chunk in content.iter_chunked(WRITE_BYTES):
             total += len(chunk)
             if total > max_bytes:
                 return {"status": "too_large", "error": f"more than {max_bytes} bytes"}
             buf += chunk
-            if len(buf) >= CHUNK_BYTES:
-                await asyncio.to_thread(_write_hashed, f, h, bytes(buf))
+            if len(buf) >= WRITE_BYTES:
+                data = bytes(buf)
                 buf.clear()
-        await asyncio.to_thread(_write_hashed, f, h, bytes(buf), True)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(_write_hashed, f, h, data))
+        if pending is not None:
+            await pending
+            pending = None
+        await asyncio.to_thread(_write_hashed, f, h, bytes(buf))
     finally:
+        if pending is not None:  # a thread cannot be stopped mid-write: let it finish first
+            await asyncio.wait({pending})
         await asyncio.to_thread(f.close)
     return {"status": "ok", "size": total, "sha256": h.hexdigest()}
 
 
-def _write_hashed(f: Any, h: Any, data: bytes, last: bool = False) -> None:
+def _write_hashed(f: Any, h: Any, data: bytes) -> None:
     f.write(data)
     h.update(data)
-    if last:
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _token_of(ref: str) -> str:
