@@ -115,7 +115,17 @@ async def route_tenant(node: Node, request: web.Request, handler, tenant_id: str
     hops = _hops(request)
     owner = node.owner(tenant_id)
     if owner != node.me and hops == 0:
-        return await forward(node, request, owner, hops + 1)
+        try:
+            return await forward(node, request, owner, hops + 1)
+        except ApiError as e:
+            if e.code != "node_unavailable" or request.body_exists:
+                raise
+            # The owner is down. Before a resize completes, the tenant may still run on the
+            # node that had it: a read finds it there (a body is never sent twice).
+            holder, _ = await node.locate(tenant_id, skip={owner})
+            if holder is None:
+                raise
+            return await forward(node, request, holder, MAX_HOPS)
     if hops >= MAX_HOPS:
         return await handler(request)
     # The owner does not hold it (or a resize is under way): who does?
