@@ -104,6 +104,16 @@ class Node:
         except OSError:
             return 0, None, {}
 
+    def fetch(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        """Raw bytes (media)."""
+        h = {"Authorization": f"Bearer {TOKEN}", **(headers or {})}
+        req = urllib.request.Request(self.url(path), headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
     def local_ids(self) -> set[str] | None:
         """The tenants this node itself runs (asked for this node alone), None when down."""
         code, body, _ = self.call("GET", "/v1/tenants", headers={"X-Oxyd-Scope": "node"})

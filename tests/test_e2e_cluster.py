@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 
@@ -41,6 +42,20 @@ def _where(nodes: list[Node]) -> dict[str, int]:
 
 def _state(node: Node, tid: str) -> str | None:
     return (node.call("GET", f"/v1/tenants/{tid}")[1] or {}).get("state")
+
+
+def _stored_media_url(node: Node, tid: str) -> str | None:
+    code, body, _ = node.call("GET", f"/v1/tenants/{tid}/messages?limit=100")
+    for m in body["messages"] if code == 200 else []:
+        if m.get("media") and m["media"]["status"] == "stored":
+            return m["media"]["url"]
+    return None
+
+
+def sync_until_value(fn, timeout_s: float):
+    out = []
+    sync_until(lambda: out.append(fn()) or out[-1], timeout_s, "a value")
+    return out[-1]
 
 
 def _messages(node: Node, tid: str) -> list[str]:
@@ -124,6 +139,25 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
     code, health, _ = n1.call("GET", "/v1/health")
     assert code == 200 and health["total"] == len(TENANTS)
 
+    # Media through a node that does not hold the tenant: streamed, Range kept. The tenant is
+    # one that moves on scale-out, so its files are checked again after the move.
+    mt = next(t for t in TENANTS if owner(t, 4) == 3)
+    via = three[(owner(mt, 3) + 1) % 3]
+    # 1.5 MB: past the proxy's buffer, so the streamed path (the simulator makes the bytes).
+    media = {"type": "image", "mime": "image/jpeg", "size": 1_500_000}
+    code, out, _ = via.call(
+        "POST",
+        f"/v1/tenants/{mt}/simulate",
+        {"action": "message", "chat": "15557654321", "media": media},
+    )
+    assert code == 202, out
+    media_url = sync_until_value(lambda: _stored_media_url(via, mt), 60)
+    code, photo, headers = via.fetch(media_url)
+    assert code == 200 and headers["Content-Type"] == "image/jpeg"
+    assert len(photo) == 1_500_000 and hashlib.sha256(photo).hexdigest() == media_url[-64:]
+    code, raw, _ = n0.fetch(media_url, {"Range": "bytes=-1000"})
+    assert code == 206 and raw == photo[-1000:]
+
     # A node down: its tenants answer 503 node_unavailable, the others still work.
     n2.kill()
     down = [t for t in TENANTS if owner(t, 3) == 2]
@@ -181,6 +215,8 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
         finally:
             con.close()
         assert not (old.data_dir / "tenants" / tid).exists()
+    code, raw, _ = n0.fetch(media_url)  # its media moved with it
+    assert code == 200 and raw == photo
     # The moved tenant's token works on its new node, through any node.
     if remote in rehashed:
         assert n0.call("GET", f"/v1/tenants/{remote}", token=tenant_token)[1]["node"] == 3
