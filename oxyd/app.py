@@ -17,6 +17,7 @@ from loguru import logger
 from oxyd import backup, datadir, dirlock
 from oxyd.clock import Clock, RealClock
 from oxyd.config import EXIT_CONFIG, Config
+from oxyd.destinations import Guard
 from oxyd.engine import Engine
 from oxyd.jobs import Jobs
 from oxyd.notify import Notifier
@@ -97,7 +98,12 @@ async def build(
     store = await Store.open(cfg.data_dir)
     subs = outbox.Subscriptions(cfg.webhooks.events if cfg.webhooks.url else None)
     writer = Writer(
-        store, clock, subs, batch_max=cfg.store.batch_max, queue_max=cfg.store.queue_max
+        store,
+        clock,
+        subs,
+        batch_max=cfg.store.batch_max,
+        queue_max=cfg.store.queue_max,
+        drain_timeout_s=cfg.supervisor.stop_grace_s + 30,
     )
     if engines is None:
         n = sum(t.engine == "neonize" for t in await store.tenants())
@@ -107,7 +113,8 @@ async def build(
         # Tenants moving off a recycled engine host reconnect through the same connect limit.
         engines["neonize"].connect_slot = sup.gate.slot  # type: ignore[attr-defined]
     writer._on_commit = sup.on_stored
-    disp = Dispatcher(store, cfg.webhooks, clock)
+    guard = Guard(cfg.webhooks.allow_private, cfg.http.host, cfg.http.port)
+    disp = Dispatcher(store, cfg.webhooks, clock, guard=guard)
     # New outbox rows wake the dispatcher at once instead of at its next poll.
     writer.kick = sup.kick = disp.kick
     app = App(cfg, clock, store, writer, subs, sup, disp, engines, token, clock.now_ms())
@@ -163,7 +170,7 @@ async def stop(app: App) -> None:
         await hook()
     await app.supervisor.stop()
     try:
-        await asyncio.wait_for(app.writer.stop(), grace_s + 30)
+        await asyncio.wait_for(app.writer.stop(), app.writer.drain_timeout_s)
     except TimeoutError:
         logger.error(
             "writer could not drain within the grace period; {} rows unwritten", app.writer.depth

@@ -159,6 +159,9 @@ class WebhooksConfig:
     # First retry delay; doubles per attempt up to retry_cap_s.
     retry_base_s: float = 1.0
     retry_cap_s: float = 600.0
+    # Tenant-set webhook URLs may target loopback, link-local, private addresses and the
+    # control port only when this is true (SSRF guard; admin-set URLs are never guarded).
+    allow_private: bool = False
 
     def validate(self, p: str) -> None:
         if self.url is not None:

@@ -8,6 +8,7 @@ again), needs-a-person (park in a terminal state, persist, alert; never retried)
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from oxyd.supervisor import Supervisor
 
 _DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA)
+# Events a runner buffers while the writer is full before it asks the engine to stop
+# receiving: memory stays bounded however fast WhatsApp (or the simulator) sends.
+EVENTS_MAX = 10_000
 # What an operator should do about each state that needs a person.
 ACTIONS = {
     State.LOGGED_OUT: "the phone unlinked this device: pair it again",
@@ -62,6 +66,8 @@ class Runner:
         self.last_ok_mono = 0.0
         self.bucket = sup.send_bucket()
         self._store_checked = False
+        self.in_session = False  # connected: pausing the client is allowed (not while pairing)
+        self.pauses = 0  # times the engine was asked to stop receiving (back-pressure)
 
     # ---- the engine's sink: on the loop thread, never awaits ----
 
@@ -233,6 +239,13 @@ class Runner:
             raise _Ended(f"client ended: {ev.error}" if ev.error else "client ended")
 
     async def _session(self, ev: m.Connected) -> None:
+        self.in_session = True
+        try:
+            await self._session_loop(ev)
+        finally:
+            self.in_session = False
+
+    async def _session_loop(self, ev: m.Connected) -> None:
         cfg = self.sup.cfg.supervisor
         clock = self.sup.clock
         await self._connected(ev, reconnect=False)
@@ -385,7 +398,51 @@ class Runner:
         for _ in range(taken):
             events.popleft()
         if taken < len(batch):
-            await self.sup.writer.wait_room()
+            if self.in_session:
+                await self._wait_room_or_pause()
+            else:
+                await self.sup.writer.wait_room()
+
+    async def _wait_room_or_pause(self) -> None:
+        """Wait for room in the writer; if this buffer fills up first, pause the session."""
+        room = asyncio.ensure_future(self.sup.writer.wait_room())
+        try:
+            while not room.done():
+                if len(self.events) >= EVENTS_MAX:
+                    await self._pause_receiving()
+                    return
+                self._waiter = asyncio.get_running_loop().create_future()
+                await asyncio.wait({self._waiter, room}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiter = None
+            room.cancel()
+
+    async def _pause_receiving(self) -> None:
+        """The writer is saturated and this buffer is full: stop the client instead of
+        buffering without limit. What the engine has not acknowledged stays with WhatsApp (the
+        simulator keeps it on its "server") and arrives after the reconnect, once the writer
+        has taken everything buffered here. Not a failure: the failure counter is untouched."""
+        self.pauses += 1
+        self.log.warning(
+            "store writer saturated with {} events buffered: pausing this session until it drains",
+            len(self.events),
+        )
+        await self._stop_client()  # leaves only data events in the buffer
+        writer = self.sup.writer
+        while self.events:
+            batch = list(itertools.islice(self.events, 1000))
+            taken = writer.offer(self.t.id, batch)
+            for _ in range(taken):
+                self.events.popleft()
+            if taken < len(batch):
+                await writer.wait_room()
+        self.log.info("store writer caught up: resuming the session")
+        try:
+            await self.client.connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise _Ended(f"reconnect after a back-pressure pause failed: {e}") from e
 
     async def _idle_until(self, deadline_mono: float) -> None:
         """Wait (still ingesting late data events); lifecycle events of a stopped client are

@@ -24,7 +24,7 @@ from oxyd.engine import Engine, NotConnected, OutboundMedia
 from oxyd.model import IDLE, PARKED, State
 from oxyd.ratelimit import TokenBucket
 from oxyd.runner import ACTIONS, Runner
-from oxyd.store import outbox
+from oxyd.store import faults, outbox
 from oxyd.store.db import Store
 from oxyd.store.writer import Writer
 
@@ -75,6 +75,8 @@ class Supervisor:
         self.broken: str | None = None
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self.version = 0  # bumped on every published change; caches key on it
+        self._unsaved: dict[str, list] = {}  # tenant -> webhook rows of a failed state write
+        self._saver: asyncio.Task | None = None
         # Cluster mode: tenants not to restore at start (a move of theirs is unfinished), and
         # fields added to every tenant object ("node").
         self.skip: Callable[[str], bool] = lambda tenant_id: False
@@ -128,6 +130,8 @@ class Supervisor:
         """Cancel every tenant task and stop every client, without persisting "stopped": the
         next start restores each tenant to what it was doing."""
         self.running = False
+        if self._saver is not None:
+            self._saver.cancel()
         runners = list(self.runners.values())
         await asyncio.gather(*(r.cancel() for r in runners))
         grace_s = self.cfg.supervisor.stop_grace_s
@@ -146,8 +150,16 @@ class Supervisor:
             while data:
                 taken = self.writer.offer(r.t.id, data)
                 data = data[taken:]
-                if data:
-                    await self.writer.wait_room()
+                if not data:
+                    break
+                try:
+                    # A writer that cannot write (disk full) must not hold the stop forever.
+                    await asyncio.wait_for(self.writer.wait_room(), self.writer.drain_timeout_s)
+                except TimeoutError:
+                    r.log.error(
+                        "store writer full until the stop timeout; {} events not stored", len(data)
+                    )
+                    break
             r.events.clear()
 
         await asyncio.gather(*(stop_one(r) for r in runners))
@@ -160,6 +172,20 @@ class Supervisor:
             # Runner._life handles every tenant-level error; reaching here is a supervisor bug.
             self.broken = f"{task.get_name()}: {type(exc).__name__}: {exc}"
             logger.opt(exception=exc).critical("supervisor bug in {}", task.get_name())
+
+    def _clear_broken(self) -> None:
+        """`broken` names a dead tenant task; once the health sweep has restarted every such
+        task, readiness comes back by itself."""
+        if self.broken is not None and all(
+            r.running
+            or r.task is None
+            or not r.task.done()
+            or r.task.cancelled()
+            or r.task.exception() is None
+            for r in self.runners.values()
+        ):
+            logger.info("every tenant task runs again: supervisor ready")
+            self.broken = None
 
     def on_stored(self, stored_by_tenant: dict[str, int]) -> None:
         """Writer callback after each commit: keeps live counters without a query."""
@@ -204,10 +230,54 @@ class Supervisor:
                 },
                 t.state_since_ms,
             )
-        await self.store.save_state(t, rows)
-        if rows:
-            self.kick()
+        try:
+            await self.store.save_state(t, rows)
+        except Exception as e:
+            if not faults.transient(e):
+                raise
+            # Disk full for a moment: the session is fine and the state is right in memory.
+            # Killing the session (or counting a failure) over it would turn a storage hiccup
+            # into an outage; the row is written as soon as the store takes writes again.
+            self._defer_state(r, rows, e)
+        else:
+            if rows:
+                self.kick()
         self.publish({"type": "state", "tenant": t.id, "data": data})
+
+    def _defer_state(self, r: Runner, rows: list, e: Exception) -> None:
+        if r.t.id not in self._unsaved:
+            r.log.warning("state write failed ({}); kept in memory, written once it works", e)
+        self._unsaved.setdefault(r.t.id, []).extend(rows)
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_deferred(), name="oxyd-state-saver")
+
+    async def _save_deferred(self) -> None:
+        """Write the latest state of every tenant whose state write failed, with backoff,
+        until all are written (their webhook rows with them)."""
+        delay_s = 0.1
+        while self._unsaved:
+            await self.clock.sleep(delay_s)
+            for tid in list(self._unsaved):
+                r = self.runners.get(tid)
+                rows = self._unsaved[tid]
+                try:
+                    if r is not None:
+                        await self.store.save_state(r.t, rows)
+                except Exception as e:
+                    if not faults.transient(e):
+                        logger.opt(exception=e).error("deferred state write of {} failed", tid)
+                        self._unsaved.pop(tid, None)
+                    continue
+                self._unsaved.pop(tid, None)
+                if rows:
+                    self.kick()
+                logger.bind(tenant=tid).info("deferred state written")
+            delay_s = min(delay_s * 2, 5.0)
+
+    @property
+    def unsaved_states(self) -> int:
+        """Tenants whose current state is not on disk yet (storage fault)."""
+        return len(self._unsaved)
 
     async def zombie(self, r: Runner, silent_s: float) -> None:
         self.zombies[r.t.id] += 1
@@ -219,9 +289,14 @@ class Supervisor:
             "reason": f"no sign of life for {silent_s:.0f}s",
             "action": "the client was rebuilt; if it repeats, check the network",
         }
-        await self.store.append_outbox(
-            outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms())
-        )
+        rows = outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms())
+        try:
+            await self.store.append_outbox(rows)
+        except Exception as e:
+            if not faults.transient(e):
+                raise
+            self._defer_state(r, rows, e)  # the alert goes out with the next state write
+            return
         self.kick()
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -448,6 +523,7 @@ class Supervisor:
                 reconnected += 1
             elif st is State.CONNECTED:
                 healthy += 1
+        self._clear_broken()
         if self.writer.failing:
             alerts.append(
                 {

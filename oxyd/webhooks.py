@@ -34,6 +34,7 @@ from tenacity import RetryCallState, wait_exponential
 from oxyd import __version__
 from oxyd.clock import Clock
 from oxyd.config import WebhooksConfig
+from oxyd.destinations import Guard, GuardedResolver, forbidden_in, literal_reason
 from oxyd.store import outbox
 from oxyd.store.db import Store
 
@@ -90,6 +91,7 @@ def host_of(url: str) -> str:
 class Target:
     url: str
     secret: str
+    guarded: bool = False  # set with a tenant token: no private or loopback destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +137,14 @@ class Dispatcher:
         clock: Clock,
         *,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.store = store
         self.cfg = cfg
+        self.guard = guard or Guard(allow_private=cfg.allow_private)
+        # Guarded targets connect through a session whose resolver refuses forbidden
+        # addresses, so a name that re-resolves to 127.0.0.1 (DNS rebinding) is caught too.
+        self._guarded: aiohttp.ClientSession | None = None
         self.clock = clock
         self.stats = DispatchStats()
         self._session_factory = session_factory
@@ -168,6 +175,14 @@ class Dispatcher:
                 connector=aiohttp.TCPConnector(limit=CONNECTIONS_MAX, limit_per_host=20),
                 headers={"User-Agent": USER_AGENT},
             )
+        if not self.guard.allow_private:
+            self._guarded = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+                connector=aiohttp.TCPConnector(
+                    limit=CONNECTIONS_MAX, limit_per_host=20, resolver=GuardedResolver(self.guard)
+                ),
+                headers={"User-Agent": USER_AGENT},
+            )
         self._stopping = False
         self._scanner = asyncio.create_task(self._scan_loop(), name="oxyd-webhooks")
 
@@ -188,6 +203,9 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._guarded is not None:
+            await self._guarded.close()
+            self._guarded = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -373,6 +391,13 @@ class Dispatcher:
 
     async def _send(self, target: Target, row: outbox.Row) -> Outcome:
         assert self._session is not None
+        session = self._session
+        if target.guarded and not self.guard.allow_private:
+            # IP literals are connected to without resolving: check them here.
+            why = literal_reason(self.guard, target.url)
+            if why is not None:
+                return Outcome(False, retry=False, error=f"forbidden destination: {why}")
+            session = self._guarded or self._session
         body = row.body.encode()
         timestamp = str(self.clock.now_ms() // 1000)
         headers = {
@@ -383,7 +408,7 @@ class Dispatcher:
             "X-Oxyd-Signature": sign(target.secret, timestamp, body),
         }
         try:
-            async with self._session.post(
+            async with session.post(
                 target.url,
                 data=body,
                 headers=headers,
@@ -397,6 +422,9 @@ class Dispatcher:
         except (aiohttp.InvalidURL, ValueError) as e:
             return Outcome(False, retry=False, error=_describe(e, target.url, self.cfg.timeout_s))
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            forbidden = forbidden_in(e)
+            if forbidden is not None:  # it resolved to a forbidden address: never retried
+                return Outcome(False, retry=False, error=f"forbidden destination: {forbidden}")
             return Outcome(False, retry=True, error=_describe(e, target.url, self.cfg.timeout_s))
         if 200 <= status < 300:
             return Outcome(True)

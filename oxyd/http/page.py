@@ -27,7 +27,8 @@ KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the page's wat
 TICK_S = 1.0  # how often an idle stream checks for a gone client or a stopping daemon
 QUEUE_MAX = 1000  # events buffered per stream; a client that falls this far behind is dropped
 WRITE_TIMEOUT_S = 10.0  # a client whose socket stays full this long is gone (or stuck): end it
-STREAMS: web.AppKey[set[asyncio.Event]] = web.AppKey("oxyd_page_streams", set)
+# Open streams: their stop event -> the tenant whose token opened it (None: the admin's).
+STREAMS: web.AppKey[dict[asyncio.Event, str | None]] = web.AppKey("oxyd_page_streams", dict)
 
 HTML = resources.files("oxyd.http").joinpath("status.html").read_bytes()
 
@@ -68,7 +69,7 @@ SECURITY_HEADERS = {
 def setup(web_app: web.Application) -> None:
     """Add the routes and end open event streams when the server shuts down (else a stop
     would wait for aiohttp's shutdown timeout). Call before the app starts."""
-    web_app[STREAMS] = set()
+    web_app[STREAMS] = {}
     web_app.on_shutdown.append(close_streams)
     web_app.add_routes(table)
 
@@ -76,6 +77,16 @@ def setup(web_app: web.Application) -> None:
 async def close_streams(web_app: web.Application) -> None:
     for stop in list(web_app.get(STREAMS, ())):
         stop.set()
+
+
+def close_tenant_streams(web_app: web.Application, tenant_id: str) -> int:
+    """End every stream opened with a token of this tenant: after its tokens are revoked or
+    the tenant is deleted, an open stream must not keep talking. Returns how many."""
+    streams = web_app.get(STREAMS, {})
+    mine = [stop for stop, own in streams.items() if own == tenant_id]
+    for stop in mine:
+        stop.set()
+    return len(mine)
 
 
 @table.get("/")
@@ -113,7 +124,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     sup.listeners.add(queue)  # before the snapshot: no change can fall between the two
     if streams is not None:
-        streams.add(stop)
+        streams[stop] = own
     try:
         await resp.prepare(request)
         if own is None:
@@ -133,7 +144,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         sup.listeners.discard(queue)
         if streams is not None:
-            streams.discard(stop)
+            streams.pop(stop, None)
     return resp
 
 

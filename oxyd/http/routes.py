@@ -194,6 +194,9 @@ async def remove_tenant(request: web.Request) -> web.Response:
     tid = tenant_id(request)
     purge = bool_param(request, "purge")
     await request.app[APP].supervisor.remove(tid, purge=purge)
+    from oxyd.http.page import close_tenant_streams
+
+    close_tenant_streams(request.app, tid)  # its tokens died with it
     return ok({"id": tid, "removed": True, "purged": purge})
 
 
@@ -283,7 +286,11 @@ async def create_token(request: web.Request) -> web.Response:
 async def revoke_tokens(request: web.Request) -> web.Response:
     require_admin(request)
     tid = tenant_id(request)
-    return ok({"revoked": await request.app[APP].store.revoke_tokens(tid)})
+    revoked = await request.app[APP].store.revoke_tokens(tid)
+    from oxyd.http.page import close_tenant_streams
+
+    close_tenant_streams(request.app, tid)  # revocation is immediate, open streams included
+    return ok({"revoked": revoked})
 
 
 # ---- health and simulation ----

@@ -10,10 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from oxyd.config import WEBHOOK_EVENTS
+from oxyd.destinations import ForbiddenDestination
 from oxyd.engine import OutboundMedia
 from oxyd.http.routes import int_param, no_body, ok, query_param
 from oxyd.http.server import (
     APP,
+    TOKEN_TENANT,
     ApiError,
     body_limit_bytes,
     check_fields,
@@ -152,9 +154,21 @@ async def set_webhook(request: web.Request, tid: str, hook: dict[str, Any]) -> N
     from oxyd import log
 
     app = request.app[APP]
+    # A tenant token may not point oxyd at the machine or its network (SSRF); the admin may.
+    guarded = request.get(TOKEN_TENANT) is not None and not app.cfg.webhooks.allow_private
+    if guarded:
+        try:
+            await app.webhooks.guard.check_url(hook["url"])
+        except ForbiddenDestination as e:
+            raise ApiError(
+                400,
+                "forbidden_destination",
+                f"url: {e}; a tenant's webhook must be a public address"
+                " (the operator can allow private ones with webhooks.allow_private)",
+            ) from None
     log.redact(hook["secret"])
     await app.store.set_webhook(
-        tid, hook["url"], hook["secret"], hook["events"], app.clock.now_ms()
+        tid, hook["url"], hook["secret"], hook["events"], app.clock.now_ms(), guarded=guarded
     )
     app.subs.set_tenant(tid, hook["events"])
     await _webhook_changed(app, tid)
@@ -213,7 +227,20 @@ def _dispatcher(request: web.Request) -> Any:
 async def dead_events(request: web.Request) -> web.Response:
     tid = tenant_id(request)
     limit = int_param(request, "limit", 100, 1, MAX_LIST)
-    return ok({"events": await _dispatcher(request).dead(tid, limit)})
+    events = await _dispatcher(request).dead(tid, limit)
+    if request.get(TOKEN_TENANT) is not None:
+        # A tenant sees the receiver's status code and nothing else: connection errors
+        # (refused, timed out, resolved to ...) would make the webhook a network scanner.
+        for ev in events:
+            ev["last_error"] = _status_only(ev.get("last_error"))
+    return ok({"events": events})
+
+
+def _status_only(error: str | None) -> str | None:
+    if error is None:
+        return None
+    m = re.match(r"HTTP [0-9]{3}", error)
+    return m.group(0) if m else "no HTTP response"
 
 
 @table.post("/v1/tenants/{id}/webhook/replay")

@@ -31,6 +31,7 @@ MAX_COUNT = 100_000
 # WhatsApp acknowledges a few ids per receipt; a list this long is a request built to hurt.
 MAX_RECEIPT_IDS = 1000
 HISTORY_CHUNK = 5000  # messages per simulated history blob
+DELIVER_CHUNK = 1000  # events handed to a client between two turns of the event loop
 
 
 def _jid(value: str) -> str:
@@ -131,10 +132,21 @@ class SimulatorClient(PeopleMixin):
         dev = self._device or {}
         self.sink(m.Connected(dev.get("jid"), dev.get("push_name")))
         self._people_connected()
-        backlog, self.backlog = self.backlog, []
-        for ev in backlog:
-            self.sink(ev)
-        self.sink(m.OfflineSyncCompleted(len(backlog)))
+        self._later(0, self._drain_backlog)
+
+    async def _drain_backlog(self) -> None:
+        """The offline queue, handed over in chunks as a server would: a client that stops
+        receiving (back-pressure) in between leaves the rest queued here, in order."""
+        delivered = 0
+        while self.backlog and self.connected and not self.stalled:
+            chunk = self.backlog[:DELIVER_CHUNK]
+            del self.backlog[:DELIVER_CHUNK]
+            for ev in chunk:
+                self.sink(ev)
+            delivered += len(chunk)
+            await asyncio.sleep(0.001)
+        if not self.backlog and self.connected:
+            self.sink(m.OfflineSyncCompleted(delivered))
 
     async def heartbeat(self) -> bool:
         return self.connected and not self.stalled
@@ -247,7 +259,8 @@ class SimulatorClient(PeopleMixin):
         return await fn(self, action)
 
     def _deliver(self, ev: m.Event) -> None:
-        if self.connected and not self.stalled:
+        # Behind a backlog still draining, a new event waits its turn: order is kept.
+        if self.connected and not self.stalled and not self.backlog:
             self.sink(ev)
         else:
             self.backlog.append(ev)
@@ -281,6 +294,10 @@ class SimulatorClient(PeopleMixin):
         now = self.engine.clock.now_ms()
         ids = []
         for i in range(count):
+            if i and i % DELIVER_CHUNK == 0:
+                # A client that stops receiving (back-pressure) does so in between: a timer,
+                # not sleep(0), so that its wake-up chain runs before the next chunk.
+                await asyncio.sleep(0.001)
             mid = wa_id or self.engine.wa_id()
             ids.append(mid)
             self._deliver(

@@ -317,20 +317,29 @@ class Store:
     # ---- webhook destinations ----
 
     async def set_webhook(
-        self, tenant_id: str, url: str, secret: str, events: list[str] | None, now_ms: int
+        self,
+        tenant_id: str,
+        url: str,
+        secret: str,
+        events: list[str] | None,
+        now_ms: int,
+        *,
+        guarded: bool = False,
     ) -> None:
+        """`guarded`: set with a tenant token, so delivery checks the address (SSRF)."""
         async with self.tx() as db:
             await db.execute(
-                "INSERT INTO webhooks (tenant, url, secret, events, updated_at_ms)"
-                " VALUES (?,?,?,?,?) ON CONFLICT(tenant) DO UPDATE SET url=excluded.url,"
+                "INSERT INTO webhooks (tenant, url, secret, events, updated_at_ms, guarded)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(tenant) DO UPDATE SET url=excluded.url,"
                 " secret=excluded.secret, events=excluded.events,"
-                " updated_at_ms=excluded.updated_at_ms",
+                " updated_at_ms=excluded.updated_at_ms, guarded=excluded.guarded",
                 (
                     tenant_id,
                     url,
                     secret,
                     json.dumps(events) if events is not None else None,
                     now_ms,
+                    int(guarded),
                 ),
             )
 

@@ -148,12 +148,14 @@ async def head(
     return [Row(*r) for r in rows]
 
 
-async def webhook(ro: aiosqlite.Connection, tenant_id: str) -> tuple[str, str] | None:
-    """(url, secret) of a tenant's webhook, read fresh at delivery time."""
+async def webhook(ro: aiosqlite.Connection, tenant_id: str) -> tuple[str, str, bool] | None:
+    """(url, secret, guarded) of a tenant's webhook, read fresh at delivery time."""
     rows = list(
-        await ro.execute_fetchall("SELECT url, secret FROM webhooks WHERE tenant=?", (tenant_id,))
+        await ro.execute_fetchall(
+            "SELECT url, secret, guarded FROM webhooks WHERE tenant=?", (tenant_id,)
+        )
     )
-    return (rows[0][0], rows[0][1]) if rows else None
+    return (rows[0][0], rows[0][1], bool(rows[0][2])) if rows else None
 
 
 async def mark_delivered(store: Store, ids: list[int], now_ms: int) -> None:

@@ -244,6 +244,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_lid_chat ON messages(tenant, chat)
         WHERE chat_alt IS NULL AND chat LIKE '%@lid';
     """,
+    # v5: webhooks set with a tenant token are guarded against SSRF at delivery time.
+    """
+    ALTER TABLE webhooks ADD COLUMN guarded INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

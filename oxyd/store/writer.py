@@ -101,6 +101,7 @@ class Writer:
         queue_max: int = 100_000,
         on_commit: Callable[[dict[str, int]], None] | None = None,
         on_history: Callable[[str, HistorySync, int], None] | None = None,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -126,6 +127,8 @@ class Writer:
         self.media_cfg = MediaConfig()
         # Called after a commit that queued media downloads (wakes the downloader).
         self.on_media: Callable[[], None] = lambda: None
+        # How long a stop waits for room and for the queue to reach the disk.
+        self.drain_timeout_s = drain_timeout_s
 
     @property
     def depth(self) -> int:
@@ -298,8 +301,10 @@ class Writer:
             what = f"history sync of {len(p.messages)} messages"
         elif isinstance(p, PEOPLE_DATA):
             what = type(p).__name__
-        else:
+        elif isinstance(p, tuple) and p:
             what = f"{p[0]!r} item"
+        else:
+            what = f"{type(p).__name__} item"
         logger.bind(tenant=it.tenant).opt(exception=e).error(
             "store refused a {} every time ({}: {}); dead-lettered, the rest of its batch"
             " was stored",
