@@ -41,6 +41,59 @@ os._exit(0)
 """
 
 
+# An engine host that can also feed events through neonize's real dispatch entry point from a
+# foreign thread, as Go does (host-level calls `prepare(tenant, n)` then `feed()`).
+_FEEDING_HOST = r"""
+import ctypes, sys, threading
+sys.path.insert(0, sys.argv.pop(1))
+from neonize_fakes import build_events
+from oxyd.neonize import host
+
+class FeedingHost(host.HostServer):
+    async def host_prepare(self, tenant, n, prefix="B"):
+        self.payloads = build_events(n, prefix)
+        self.fed = self.engine.client(tenant, self.sink_for(tenant))
+        return n
+
+    async def host_feed(self):
+        nc = self.fed.native()
+        def feed():
+            for data, code in self.payloads:
+                buf = ctypes.create_string_buffer(data, len(data))
+                nc.event.execute(nc.uuid, ctypes.addressof(buf), len(data), code)
+        threading.Thread(target=feed, daemon=True).start()
+        return True
+
+host.HostServer = FeedingHost
+host.main(sys.argv[1:])
+"""
+
+
+def feeding_host_argv() -> list[str]:
+    return [sys.executable, "-c", _FEEDING_HOST, str(pathlib.Path(__file__).resolve().parent)]
+
+
+def build_events(n: int, prefix: str = "B") -> list[tuple[bytes, int]]:
+    """n neonize Message events (serialized, with their event code), ids f"{prefix}{i:08d}"."""
+    from neonize.events import EVENT_TO_INT
+    from neonize.proto import Neonize_pb2 as npb
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    chat = npb.JID(User="4915111111111", Server="s.whatsapp.net", RawAgent=0, Device=0)
+    out = []
+    for i in range(n):
+        src = npb.MessageSource(Chat=chat, Sender=chat, IsFromMe=False, IsGroup=False)
+        info = npb.MessageInfo(
+            ID=f"{prefix}{i:08d}",
+            Timestamp=1_700_000_000_000 + i,
+            MessageSource=src,
+            Pushname="Ann",
+        )
+        ev = npb.Message(Info=info, Message=e2e.Message(conversation=f"message number {i}"))
+        out.append((ev.SerializePartialToString(), EVENT_TO_INT[npb.Message]))
+    return out
+
+
 class DelayProxy:
     """An HTTP proxy on 127.0.0.1 that reads the CONNECT request, waits `delay_s` and answers
     502: the connect fails after exactly that delay. Runs on its own thread and loop, so the

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from helpers import until
-from neonize_fakes import DelayProxy, install_store, make_template
+from neonize_fakes import DelayProxy, feeding_host_argv, install_store, make_template
 
 from oxyd import model
 from oxyd.engine import EngineError, NotConnected
@@ -156,3 +156,28 @@ async def test_host_exits_when_the_daemon_is_gone(tmp_path):
     t0 = time.monotonic()
     await until(lambda: not any(alive(p) for p in pids), 20, "orphaned hosts exit")
     assert time.monotonic() - t0 < 15
+
+
+async def test_killing_one_host_loses_nothing_on_another(tmp_path):
+    """Host 2 streams 20,000 events (through neonize's own dispatch entry point, from a foreign
+    thread) while host 1 is SIGKILLed: every event arrives, in order, once."""
+    pool = HostPool(tmp_path, hosts=2)
+    pool.host_argv = feeding_host_argv()
+    pool.restart_base_s = 0.05
+    got: list = []
+    try:
+        await pool.start()
+        h1, h2 = pool.hosts
+        pool.client("fed", got.append)
+        h2.tenants.add("fed")
+        n = 20_000
+        await h2.call(None, "prepare", ("fed", n, "F"), {})
+        await h2.call(None, "feed", (), {})
+        await until(lambda: len(got) > 100, 30, "stream started")
+        os.kill(h1.pid, signal.SIGKILL)
+        await until(lambda: len(got) >= n, 120, "every event")
+        await until(lambda: pool.restarts == 1, 60, "host 1 back")
+        assert [e.wa_id for e in got] == [f"F{i:08d}" for i in range(n)]
+        assert all(isinstance(e, model.Message) for e in got)
+    finally:
+        assert await pool.close()

@@ -46,6 +46,7 @@ _OPENS = {"connect": "session", "pair": "pairing"}
 _ENDS = {"stop", "logout", "remove"}
 _LIFECYCLE = {*_OPENS, *_ENDS, "configure"}
 STDERR_TAIL = 20
+_ROUTINE = ("DEBUG ", "INFO ", "WARNING ")
 
 
 def _exit_reason(returncode: int | None) -> str:
@@ -190,7 +191,9 @@ class Host:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self.stderr_tail = [*self.stderr_tail[-(STDERR_TAIL - 1) :], text]
-                log.warning("engine host %d: %s", self.number, text)
+                # The host's own log lines about tenants reach the daemon as events too.
+                level = logging.DEBUG if text.startswith(_ROUTINE) else logging.WARNING
+                log.log(level, "engine host %d: %s", self.number, text)
 
     def _ended(self) -> None:
         assert self.proc is not None

@@ -47,22 +47,36 @@ class RemoteError(Exception):
     over there, reported here with its type name."""
 
 
+# Per-class caches: the event stream encodes and decodes thousands of objects a second.
+_FIELDS: dict[type, tuple[str, tuple[str, ...]]] = {}
+_CLASSES: dict[str, Any] = {}
+
+
 def _lookup(name: str) -> Any:
+    cls = _CLASSES.get(name)
+    if cls is not None:
+        return cls
     for mod in _MODULES:
         obj = getattr(mod, name, None)
         if obj is not None:
+            _CLASSES[name] = obj
             return obj
     raise WireError(f"unknown type {name!r} on the wire")
 
 
 def _default(obj: Any) -> Any:
+    spec = _FIELDS.get(type(obj))
+    if spec is not None:
+        name, fields = spec
+        return msgpack.ExtType(EXT_OBJECT, pack([name, [getattr(obj, f) for f in fields]]))
     if isinstance(obj, tuple):
         return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
     if isinstance(obj, enum.Enum):
         return msgpack.ExtType(EXT_ENUM, pack([type(obj).__name__, obj.value]))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        values = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-        return msgpack.ExtType(EXT_OBJECT, pack([type(obj).__name__, values]))
+        names = tuple(f.name for f in dataclasses.fields(obj))
+        _FIELDS[type(obj)] = (type(obj).__name__, names)
+        return _default(obj)
     if isinstance(obj, str | int | float | bytes):  # subclasses (strict_types sends them here)
         for base in (str, bytes, int, float):  # bool is an int: keep it first-class below
             if isinstance(obj, base):
