@@ -4,6 +4,7 @@ fake paired device, connects through a proxy on 127.0.0.1 that answers 502 after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import signal
@@ -179,5 +180,73 @@ async def test_killing_one_host_loses_nothing_on_another(tmp_path):
         await until(lambda: pool.restarts == 1, 60, "host 1 back")
         assert [e.wa_id for e in got] == [f"F{i:08d}" for i in range(n)]
         assert all(isinstance(e, model.Message) for e in got)
+    finally:
+        assert await pool.close()
+
+
+async def test_tenant_proxy_wins_over_the_default_and_survives_a_host_restart(
+    tmp_path, proxy, template
+):
+    pool = HostPool(tmp_path, hosts=1, proxy=proxy.url)
+    pool.restart_base_s = 0.05
+    got: list = []
+    with DelayProxy(0.1) as own:
+        try:
+            install_store(template, tmp_path, "p0")
+            client = pool.client("p0", got.append)
+            await client.configure({"proxy": own.url})
+            before = proxy.connects
+            await client.connect()
+            await until(lambda: dead_events(got), 30, "dial through the tenant's proxy")
+            await client.stop()
+            assert own.connects == 1 and proxy.connects == before
+            # A fresh host learns the tenant's settings again before its next call.
+            os.kill(pool.hosts[0].pid, signal.SIGKILL)
+            await until(lambda: pool.restarts == 1, 60, "host back")
+            await client.connect()
+            await until(lambda: len(dead_events(got)) == 2, 30, "second dial")
+            await client.stop()
+            assert own.connects == 2 and proxy.connects == before
+            with pytest.raises(EngineError, match="proxy"):
+                await client.configure({"proxy": "ftp://nope:1"})
+        finally:
+            assert await pool.close()
+
+
+async def test_recycling_moves_sessions_to_a_fresh_host(tmp_path, proxy, template):
+    """A host past recycle_fds is drained: its tenants with a session reconnect on a fresh
+    host (one at a time, through the connect slot), then the old host exits."""
+    pool = HostPool(tmp_path, hosts=1, proxy=proxy.url, recycle_fds=10)
+    pool.recycle_check_s = 3600  # this test triggers the check itself
+    slots: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def slot():
+        slots.append(1)
+        yield
+
+    pool.connect_slot = slot
+    got: dict[str, list] = {}
+    try:
+        await pool.start()
+        old = pool.hosts[0]
+        clients = []
+        for i in range(3):
+            install_store(template, tmp_path, f"r{i}")
+            clients.append(pool.client(f"r{i}", got.setdefault(f"r{i}", []).append))
+        for c in clients[:2]:
+            await c.connect()
+        await clients[2].heartbeat()  # placed, no session
+        await until(lambda: dead_events(got["r0"]) and dead_events(got["r1"]), 30, "dialled")
+        before = proxy.connects
+        assert await pool.check_recycling() == 1  # any host has more than 10 fds
+        assert not alive(old.pid) and old not in pool.hosts
+        (fresh,) = pool.hosts
+        assert fresh.tenants == {"r0", "r1", "r2"} and fresh.pid != old.pid
+        assert len(slots) == 3 and pool.recycled == 1
+        # The two sessions connect again on the fresh host (and fail there at the proxy).
+        await until(lambda: proxy.connects >= before + 2, 30, "two sessions dial again")
+        await until(lambda: len(dead_events(got["r1"])) == 2, 30, "r1 dialled on the fresh host")
+        assert not dead_events(got["r2"])
     finally:
         assert await pool.close()
