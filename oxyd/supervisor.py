@@ -342,7 +342,7 @@ class Supervisor:
             id=tenant_id, engine=engine, state=State.NEW, state_since_ms=now, created_at_ms=now
         )
         t.settings = {k: v for k, v in (settings or {}).items() if v != m.SETTINGS_DEFAULTS.get(k)}
-        if not await self.store.add_tenant(t):
+        if not await self.store.add_tenant(t, fresh=True):
             raise TenantError("tenant_exists", f"tenant {tenant_id!r} exists already")
         await asyncio.to_thread(_mkdir_private, datadir.tenant_dir(self.cfg.data_dir, tenant_id))
         r = Runner(self, t)

@@ -201,8 +201,9 @@ class Store:
         async with self.ro.execute("SELECT tenant, messages_stored FROM tenant_counts") as cur:
             return {r[0]: r[1] for r in await cur.fetchall()}
 
-    async def add_tenant(self, t: Tenant) -> bool:
-        """False when the id exists already."""
+    async def add_tenant(self, t: Tenant, *, fresh: bool = False) -> bool:
+        """False when the id exists already. `fresh`: a tenant created through the API starts
+        empty, even when a deleted tenant of the same id left its messages behind."""
         async with self.tx() as db:
             cur = await db.execute(
                 "INSERT INTO tenants (id, engine, state, reason, state_since_ms, created_at_ms,"
@@ -223,6 +224,8 @@ class Store:
             )
             if cur.rowcount == 0:
                 return False
+            if fresh:
+                await _forget_leftovers(db, t.id)
             await db.execute(
                 "INSERT INTO state_history (tenant, state, reason, at_ms) VALUES (?,?,?,?)",
                 (t.id, str(t.state), t.last_error, t.state_since_ms),
@@ -481,6 +484,25 @@ class Store:
     async def optimize(self) -> None:
         async with self._lock:
             await self.db.execute("PRAGMA optimize")
+
+
+# Tenant rows a re-created id must not inherit: every table with a `tenant` column but the
+# outbox, whose rows for the global destination are the operator's (and pending ones must go
+# out); full-text tables follow their source table through its triggers.
+_LEFTOVER_TABLES_SQL = (
+    "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) c"
+    " WHERE m.type='table' AND c.name='tenant' AND m.name NOT LIKE 'sqlite_%'"
+    " AND m.name <> 'outbox' AND upper(m.sql) NOT LIKE 'CREATE VIRTUAL%'"
+)
+
+
+async def _forget_leftovers(db: aiosqlite.Connection, tenant_id: str) -> None:
+    """Delete what a removed tenant of this id left behind (DELETE without ?purge=true)."""
+    async with db.execute(_LEFTOVER_TABLES_SQL) as cur:
+        tables = [r[0] for r in await cur.fetchall()]
+    for table in tables:
+        quoted = '"' + table.replace('"', '""') + '"'
+        await db.execute(f"DELETE FROM {quoted} WHERE tenant=?", (tenant_id,))
 
 
 OUTBOX_INSERT = (
