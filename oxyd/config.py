@@ -201,11 +201,15 @@ class BackupConfig:
 class RetentionConfig:
     messages_days: float | None = None
     unpaired_days: float = 30.0
+    # Bookkeeping that grows with every state change and history sync (state_history,
+    # history_syncs): without a bound, a flapping tenant fills the disk with it.
+    history_days: float = 30.0
 
     def validate(self, p: str) -> None:
         if self.messages_days is not None:
             _check(self.messages_days > 0, f"{p}.messages_days", "must be positive")
         _check(self.unpaired_days > 0, f"{p}.unpaired_days", "must be positive")
+        _check(self.history_days > 0, f"{p}.history_days", "must be positive")
 
 
 @dataclass(frozen=True)

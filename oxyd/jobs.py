@@ -80,6 +80,12 @@ class Jobs:
                 IntervalTrigger(seconds=retention_s),
                 next_run_time=now + timedelta(seconds=first_s),
             )
+        self._add(
+            "prune_history",
+            self._prune_history,
+            IntervalTrigger(seconds=retention_s),
+            next_run_time=now + timedelta(seconds=first_s),
+        )
         if self._prune_outbox is not None:
             self._add(
                 "prune_outbox",
@@ -169,6 +175,13 @@ class Jobs:
             self.last_backup = path
             await asyncio.to_thread(prune_backups, Path(self.cfg.data_dir), self.cfg.backup.keep)
         return path
+
+    async def _prune_history(self) -> int:
+        cutoff_ms = self.clock.now_ms() - round(self.cfg.retention.history_days * DAY_MS)
+        n = await self.store.prune_bookkeeping(cutoff_ms)
+        if n:
+            logger.info("retention: {} state-change and history-sync records removed", n)
+        return n
 
     async def _prune_messages(self) -> int:
         days = self.cfg.retention.messages_days

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from typing import Any
@@ -22,16 +23,22 @@ _secrets: set[str] = set()
 _QUIET = ("aiohttp.access", "aiosqlite", "apscheduler", "neonize", "asyncio", "hpack")
 
 
+# One compiled alternation of every secret (longest first, so a secret containing another is
+# replaced whole): one scan per line however many tenants registered webhook secrets.
+_pattern: re.Pattern[str] | None = None
+
+
 def redact(secret: str | None) -> None:
-    if secret and len(secret) >= 6:
+    global _pattern
+    if secret and len(secret) >= 6 and secret not in _secrets:
         _secrets.add(secret)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _pattern = re.compile("|".join(map(re.escape, ordered)))
 
 
 def _scrub(text: str) -> str:
-    for s in _secrets:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+    pattern = _pattern
+    return pattern.sub("***", text) if pattern is not None else text
 
 
 def _patch(record: dict[str, Any]) -> None:
@@ -68,6 +75,14 @@ def _text_format(record: dict[str, Any]) -> str:
     )
 
 
+def _text_sink(message: Any) -> None:
+    # The formatted line includes the exception's traceback, whose text (an error message
+    # echoing a URL or a header) the patcher never saw: scrub the whole line, as the JSON
+    # sink does.
+    sys.stderr.write(_scrub(str(message)))
+    sys.stderr.flush()
+
+
 class _Intercept(logging.Handler):
     """Forwards stdlib records (aiohttp, aiosqlite, apscheduler, neonize) into loguru."""
 
@@ -90,7 +105,7 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     else:
         colorize = sys.stderr.isatty()
         logger.add(
-            sys.stderr,
+            _text_sink,
             level=level,
             format=_text_format,
             colorize=colorize,

@@ -40,9 +40,17 @@ class TenantError(Exception):
 
 
 class RateLimited(TenantError):
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__("rate_limited", "send rate limit reached; retry later", 429)
+    def __init__(
+        self, retry_after_s: float, message: str = "send rate limit reached; retry later"
+    ) -> None:
+        super().__init__("rate_limited", message, 429)
         self.retry_after_s = retry_after_s
+
+
+# Operator restarts per tenant: each one tears down a WhatsApp session and dials again, and a
+# script looping on POST .../restart would look like a reconnect storm to WhatsApp.
+RESTART_BURST = 3
+RESTARTS_PER_MIN = 6
 
 
 class Supervisor:
@@ -76,6 +84,7 @@ class Supervisor:
         self.kick: Callable[[], None] = lambda: None  # wakes the webhook dispatcher
         self.version = 0  # bumped on every published change; caches key on it
         self._unsaved: dict[str, list] = {}  # tenant -> webhook rows of a failed state write
+        self._restart_buckets: dict[str, TokenBucket] = {}
         self._saver: asyncio.Task | None = None
         # Cluster mode: tenants not to restore at start (a move of theirs is unfinished), and
         # fields added to every tenant object ("node").
@@ -365,6 +374,7 @@ class Supervisor:
             await r.client.stop()
             await r.client.remove()
             self.runners.pop(tenant_id, None)
+            self._restart_buckets.pop(tenant_id, None)
             self.subs.remove_tenant(tenant_id)
             await self.store.remove_tenant(tenant_id, purge=purge)
             await asyncio.to_thread(
@@ -382,8 +392,21 @@ class Supervisor:
             await self._fresh_start(r)
         return self.tenant_json(r)
 
-    async def restart_tenant(self, tenant_id: str) -> dict[str, Any]:
+    async def restart_tenant(self, tenant_id: str, *, limited: bool = False) -> dict[str, Any]:
+        """`limited`: an operator's request (the API), held to RESTARTS_PER_MIN per tenant;
+        the health sweep's restarts are not."""
         r = self.runner(tenant_id)
+        if limited:
+            bucket = self._restart_buckets.get(tenant_id)
+            if bucket is None:
+                bucket = TokenBucket(RESTARTS_PER_MIN / 60.0, RESTART_BURST, self.clock)
+                self._restart_buckets[tenant_id] = bucket
+            wait_s = bucket.take()
+            if wait_s > 0:
+                raise RateLimited(
+                    wait_s,
+                    f"at most {RESTARTS_PER_MIN} restarts a minute per tenant; retry later",
+                )
         async with r.lock:
             await r.cancel()
             await r._stop_client()

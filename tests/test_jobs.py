@@ -207,7 +207,9 @@ async def test_no_retention_jobs_unless_configured(tmp_path, store):
     jobs = Jobs(config(tmp_path), store=store, health_sweep=_ok)
     jobs.start()
     try:
-        assert sorted(j.id for j in jobs.scheduler.get_jobs()) == ["health", "optimize"]
+        # Bookkeeping (state changes, history syncs) is always bounded; messages only on demand.
+        got = sorted(j.id for j in jobs.scheduler.get_jobs())
+        assert got == ["health", "optimize", "prune_history"]
     finally:
         await jobs.stop()
     with pytest.raises(RuntimeError, match="not configured"):
@@ -216,3 +218,27 @@ async def test_no_retention_jobs_unless_configured(tmp_path, store):
 
 async def _ok() -> dict:
     return {}
+
+
+async def test_state_history_and_history_syncs_are_pruned_by_retention(tmp_path, store):
+    clock = FakeClock(start_ms=100 * DAY_MS)
+    await store.add_tenant(Tenant(id="a", engine="simulator", state_since_ms=0))
+    old_ms, new_ms = clock.now_ms() - 40 * DAY_MS, clock.now_ms() - DAY_MS
+    async with store.tx() as db:
+        for at_ms in (old_ms, old_ms, new_ms):
+            await db.execute(
+                "INSERT INTO state_history (tenant, state, reason, at_ms)"
+                " VALUES ('a','new',NULL,?)",
+                (at_ms,),
+            )
+            await db.execute(
+                "INSERT INTO history_syncs (tenant, sync_type, conversations, processed, stored,"
+                " at_ms) VALUES ('a','RECENT',1,1,1,?)",
+                (at_ms,),
+            )
+    jobs = Jobs(config(tmp_path), store=store, health_sweep=_ok, clock=clock)
+    # The initial state_history row of add_tenant (at 0) is older than 30 days too.
+    assert await jobs._prune_history() == 5
+    left = await store.ro.execute_fetchall("SELECT at_ms FROM state_history")
+    assert [r[0] for r in left] == [new_ms]
+    assert len(await store.history_syncs("a")) == 1

@@ -74,3 +74,23 @@ async def test_a_recreated_tenant_id_does_not_see_the_old_messages(tmp_path, mon
         assert await hx.app.store.count_messages("shop") == 0
     finally:
         await hx.close()
+
+
+async def test_restart_is_rate_limited_per_tenant(tmp_path, monkeypatch):
+    hx = await Harness.start(tmp_path, monkeypatch)
+    try:
+        await hx.add("a")
+        await hx.add("b")
+        token = await hx.token("a")
+        codes = []
+        for _ in range(4):
+            r = await hx.req("POST", "/v1/tenants/a/restart", token)
+            codes.append(r.status)
+        assert codes == [202, 202, 202, 429]
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "restarts a minute" in (await r.json())["error"]["message"]
+        # Another tenant has its own budget.
+        r = await hx.req("POST", "/v1/tenants/b/restart")
+        assert r.status == 202
+    finally:
+        await hx.close()

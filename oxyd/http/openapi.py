@@ -49,7 +49,7 @@ ERROR_TEXT = {
     409: "Conflict with the tenant's state",
     413: "Body too large",
     416: "Range not satisfiable",
-    429: "Send rate limit reached; see Retry-After",
+    429: "Rate limit reached; see Retry-After",
     503: "Not available right now",
 }
 
@@ -372,7 +372,10 @@ def paths() -> dict[str, Any]:
         },
         "/v1/tenants/{id}/start": tenant_action,
         "/v1/tenants/{id}/stop": tenant_action,
-        "/v1/tenants/{id}/restart": tenant_action,
+        "/v1/tenants/{id}/restart": {
+            # Rate limited per tenant (429 with Retry-After): each restart dials WhatsApp again.
+            "post": _op("Tenant action", 202, TENANT_OK, (409, 429), reads_body=True)
+        },
         "/v1/tenants/{id}/logout": tenant_action,
         "/v1/tenants/{id}/pair": {
             "post": _op(

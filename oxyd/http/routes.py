@@ -218,7 +218,7 @@ async def stop_tenant(request: web.Request) -> web.Response:
 async def restart_tenant(request: web.Request) -> web.Response:
     tid = tenant_id(request)
     await no_body(request)
-    return ok(await request.app[APP].supervisor.restart_tenant(tid), 202)
+    return ok(await request.app[APP].supervisor.restart_tenant(tid, limited=True), 202)
 
 
 # ---- pairing ----

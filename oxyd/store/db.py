@@ -470,6 +470,19 @@ class Store:
             batch,
         )
 
+    async def prune_bookkeeping(self, before_ms: int, batch: int = 5000) -> int:
+        """state_history and history_syncs rows older than `before_ms` (retention.history_days).
+        Oldest first by id, so each batch stops at the first recent row instead of scanning."""
+        total = 0
+        for table in ("state_history", "history_syncs"):
+            total += await self.delete_in_batches(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
+                " WHERE at_ms < ? ORDER BY id LIMIT ?)",
+                (before_ms,),
+                batch,
+            )
+        return total
+
     async def delete_in_batches(self, sql: str, args: tuple, batch: int = 5000) -> int:
         """Run a `... LIMIT ?` delete until it deletes fewer than `batch` rows, each in its own
         small transaction so the writer is never held up for long."""
