@@ -10,11 +10,12 @@ import pathlib
 import signal
 import sqlite3
 import time
+import urllib.request
 
 import pytest
 from helpers import sync_until
 from neonize_fakes import DelayProxy, install_store, make_template
-from test_e2e_run import Daemon
+from test_e2e_run import TOKEN, Daemon
 
 pytestmark = pytest.mark.e2e
 if importlib.util.find_spec("neonize") is None:
@@ -102,6 +103,12 @@ def test_killed_host_costs_nothing_elsewhere_and_no_host_outlives_the_daemon(hos
     )
     assert all(tenants()[t]["jid"] == "15550001234@s.whatsapp.net" for t in NEONIZE)
     assert proxy.connects >= 4
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{d.port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+    assert "oxyd_engine_hosts 2.0" in text and "oxyd_engine_host_crashes_total 0.0" in text
 
     # Simulator tenants ingest while one host is killed.
     for tid in ("sa", "sb"):

@@ -386,3 +386,96 @@ async def test_no_events_after_stop_and_no_connect_after_close(tmp_path, tid):
         await client.connect()
     with pytest.raises(ValueError):
         engine.client("../x", got.append)
+
+
+async def test_data_arriving_while_a_stop_waits_for_the_gate_is_delivered(tmp_path, tid):
+    """Go acknowledged these messages already: a stop queued behind another exclusive holder
+    must not mute them. Lifecycle events of the stopping client are stale and dropped; after
+    stop() returns nothing more arrives."""
+    got: list = []
+    engine = NeonizeEngine(tmp_path)
+    engine.connect_hold_s = 0.05
+    await engine.start()
+    client = engine.client(tid, got.append)
+    no_paired_check(client)
+    release = threading.Event()
+
+    async def pinned_session(nc):
+        return asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+
+    client._start_session = pinned_session
+    nc = client.native()
+    await client.connect()
+    holder_in, holder_out = asyncio.Event(), asyncio.Event()
+
+    async def hold_gate():
+        async with engine.gate.exclusive():
+            holder_in.set()
+            await holder_out.wait()
+
+    holder = asyncio.ensure_future(hold_gate())
+    await holder_in.wait()
+    stopping = asyncio.ensure_future(client.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # queued behind the holder
+    done = threading.Event()
+    late = [message(1), npb.KeepAliveTimeout(ErrorCount=1, LastSuccess=0), message(2)]
+    threading.Thread(target=feed, args=(nc, late, done), daemon=True).start()
+    await until(lambda: len(got) == 2, 10, "the two messages")
+    holder_out.set()
+    release.set()
+    await stopping
+    await holder
+    assert [e.wa_id for e in got] == ["M00001", "M00002"]  # no KeepAliveTimeout
+    done.clear()
+    threading.Thread(target=feed, args=(nc, [message(3)], done), daemon=True).start()
+    await until(done.is_set, 5, "fed after stop")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(got) == 2
+    assert await engine.close()
+
+
+async def test_gate_is_not_released_while_its_call_still_runs():
+    gate = Gate()
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def go_call():
+        await release.wait()  # stands for a Go call that cannot be taken back
+        ran.append("done")
+        return 7
+
+    caller = asyncio.ensure_future(gate.run(go_call, exclusive=True))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert gate.busy  # the caller left; the call did not
+    waiter = asyncio.ensure_future(gate.run(lambda: asyncio.sleep(0, "next"), exclusive=False))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    release.set()
+    assert await asyncio.wait_for(waiter, 2) == "next"
+    assert ran == ["done"] and not gate.busy
+    # A caller cancelled while still waiting withdraws: its call never runs.
+    async with gate.exclusive():
+        never = asyncio.ensure_future(gate.run(go_call, exclusive=False))
+        await asyncio.sleep(0.01)
+        never.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await never
+    assert ran == ["done"] and not gate.busy
+
+
+async def test_thread_pool_grows_with_the_live_tenant_count(tmp_path, tid):
+    engine = NeonizeEngine(tmp_path, max_tenants=2)
+    await engine.start()
+    assert engine.executor_size == 2 + 16
+    for i in range(40):  # tenants added at runtime (POST /v1/tenants)
+        engine.client(f"{tid}-{i}", lambda ev: None)
+    assert engine.executor_size >= 40 + 16
+    # The new pool is the loop's default: threaded work runs on it.
+    name = await asyncio.to_thread(lambda: threading.current_thread().name)
+    assert name.startswith("oxyd-neonize")
+    assert await engine.close()

@@ -144,6 +144,34 @@ class OxydCollector(Collector):
         media = self.app.extras.get("media")
         if media is not None:
             yield from media_metrics(media)
+        pool = self.app.engines.get("neonize")
+        if hasattr(pool, "last_resources"):  # neonize.hosts > 0
+            yield from host_metrics(pool)
+
+
+def host_metrics(pool: Any) -> Iterator[Metric]:
+    """Engine hosts: how many run, what went wrong, and each one's fds and RSS (sampled every
+    `recycle_check_s` by the pool, never asked for at scrape time)."""
+    yield GaugeMetricFamily(
+        "oxyd_engine_hosts", "Engine host processes running", value=len(pool.live_hosts())
+    )
+    for name, value, doc in (
+        ("oxyd_engine_host_crashes", pool.crashes, "Engine hosts that died unasked"),
+        ("oxyd_engine_host_restarts", pool.restarts, "Engine hosts restarted after a crash"),
+        ("oxyd_engine_hosts_recycled", pool.recycled, "Engine hosts replaced past a limit"),
+    ):
+        yield CounterMetricFamily(name, doc, value=value)
+    fds = GaugeMetricFamily("oxyd_engine_host_open_fds", "Open fds per host", labels=["host"])
+    rss = GaugeMetricFamily("oxyd_engine_host_rss_bytes", "RSS per host", labels=["host"])
+    placed = GaugeMetricFamily("oxyd_engine_host_tenants", "Tenants per host", labels=["host"])
+    for res in pool.last_resources:
+        fds.add_metric([str(res["host"])], res.get("open_fds", 0))
+        rss.add_metric([str(res["host"])], res.get("rss_bytes", 0))
+    for h in pool.live_hosts():
+        placed.add_metric([str(h.number)], len(h.tenants))
+    yield fds
+    yield rss
+    yield placed
 
 
 def media_metrics(downloads: Any) -> Iterator[Metric]:

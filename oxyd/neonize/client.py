@@ -112,7 +112,8 @@ class NeonizeClient(PeopleMixin):
         """(jid, push name) of the paired device, read from the store file by a short-lived
         child (never here: Go in this process may hold the file; see oxyd/neonize/device.py).
         The supervisor asks only for stores it has no record of."""
-        found = await check_store(self.store_path)
+        async with self.engine.store_checks:  # 1,000 adopted folders: not 1,000 children at once
+            found = await check_store(self.store_path)
         if found is not None:
             self._own_jid = self._own_jid or found[0]
         return found

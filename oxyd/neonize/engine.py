@@ -196,6 +196,8 @@ class NeonizeEngine:
         # The pairing child; tests point it at a fake script.
         self.pair_argv: list[str] = [sys.executable, "-m", "oxyd.neonize.pair"]
         self.gate = Gate()
+        # Device store checks run in child processes (oxyd/neonize/device.py): a few at a time.
+        self.store_checks = asyncio.Semaphore(2)
         self.closing = False
         self._clients: dict[str, NeonizeClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

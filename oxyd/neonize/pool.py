@@ -359,6 +359,7 @@ class HostPool:
         self.clients: dict[str, HostedClient] = {}
         self.crashes = 0
         self.restarts = 0
+        self.last_resources: list[dict[str, Any]] = []  # the latest sample, for /metrics
         self.recycled = 0
         self.closing = False
         self._numbers = itertools.count(1)
@@ -391,8 +392,7 @@ class HostPool:
             for h, r in zip(hosts, results, strict=True):
                 if isinstance(r, BaseException):
                     log.error("engine host %d: %s", h.number, r)
-            if self.recycle_fds or self.recycle_rss_mb:
-                self._monitor = asyncio.ensure_future(self._watch_resources())
+            self._monitor = asyncio.ensure_future(self._watch_resources())
 
     async def close(self) -> bool:
         """Stop every host in parallel, each within the grace period."""
@@ -486,6 +486,7 @@ class HostPool:
             with contextlib.suppress(Exception):
                 res = await asyncio.wait_for(h.call(None, "resources", (), {}), 10)
                 out.append({"host": h.number, "pid": h.pid, **res})
+        self.last_resources = out
         return out
 
     def over_limit(self, res: dict[str, Any]) -> str | None:
@@ -497,9 +498,13 @@ class HostPool:
         return None
 
     async def _watch_resources(self) -> None:
+        """Samples every host (for /metrics) and recycles those past a limit."""
         while not self.closing:
             await asyncio.sleep(self.recycle_check_s)
-            await self.check_recycling()
+            try:
+                await self.check_recycling()
+            except Exception:  # the next round tries again; a sample is never worth a crash
+                log.exception("engine hosts: resource check failed")
 
     async def check_recycling(self) -> int:
         """Recycle every host over a limit, one after the other; returns how many."""
