@@ -61,3 +61,39 @@ async def test_real_connect_offline_backs_off_and_retries(tmp_path):
         assert await app.store.ping()  # the loop and the database still answer
     finally:
         assert await oxyd_app.stop(app)  # clean: no neonize thread left stuck
+
+
+async def test_paired_state_lives_in_the_record_not_the_store(tmp_path, monkeypatch):
+    """The daemon never opens a device store with Python's sqlite3 (that would drop Go's locks):
+    a store without a record is checked once by a child; the record says the rest."""
+    import sqlite3
+
+    from neonize_fakes import DelayProxy, install_store, make_template
+
+    real_connect = sqlite3.connect
+
+    def guarded(database, *a, **kw):
+        assert "whatsmeow" not in str(database), f"the daemon opened {database}"
+        return real_connect(database, *a, **kw)
+
+    cfg = config(tmp_path, SUPERVISOR_MAX_FAILURES="1000", SUPERVISOR_BACKOFF_BASE_S="5")
+    with DelayProxy(0.1) as proxy:
+        # A real store with a paired device, copied in by hand: no record of it anywhere.
+        install_store(make_template(tmp_path, proxy.url), cfg.data_dir, "copied")
+        monkeypatch.setattr(sqlite3, "connect", guarded)
+        engine = neonize_engine.NeonizeEngine(cfg.data_dir, stop_grace_s=5, proxy=proxy.url)
+        app = await oxyd_app.build(cfg, engines={"neonize": engine})
+        await oxyd_app.start(app)
+        try:
+            r = app.supervisor.runners["copied"]
+            await until(lambda: r.t.failures >= 1, 30, "a real dial through the proxy")
+            assert r.t.jid == "15550001234@s.whatsapp.net" and r.t.push_name == "Fake"
+            assert (await app.store.tenant("copied")).jid == "15550001234@s.whatsapp.net"
+            assert proxy.connects >= 1
+            # Logged out: the record forgets the device; nothing reads the store to find out.
+            await app.supervisor.logout("copied")
+            assert r.t.jid is None and (await app.store.tenant("copied")).jid is None
+            started = await app.supervisor.start_tenant("copied")
+            assert started["state"] == "new"  # "not paired: pair it first"
+        finally:
+            assert await oxyd_app.stop(app)
