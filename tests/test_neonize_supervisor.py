@@ -46,7 +46,10 @@ async def test_real_connect_offline_backs_off_and_retries(tmp_path):
         SUPERVISOR_MAX_FAILURES="1000",
         SUPERVISOR_STOP_GRACE_S="5",
     )
-    engine = OfflineNeonize(cfg.data_dir, stop_grace_s=5)
+    from neonize_fakes import DelayProxy
+
+    proxy = DelayProxy(0.05).__enter__()  # the dial fails at 127.0.0.1, never via DNS
+    engine = OfflineNeonize(cfg.data_dir, stop_grace_s=5, proxy=proxy.url)
     app = await oxyd_app.build(cfg, engines={"neonize": engine})
     await oxyd_app.start(app)
     try:
@@ -59,8 +62,10 @@ async def test_real_connect_offline_backs_off_and_retries(tmp_path):
         history = [h["state"] for h in await app.store.state_history("real")]
         assert history.count("backoff") >= 2 and history.count("connecting") >= 3
         assert await app.store.ping()  # the loop and the database still answer
+        assert proxy.connects >= 3
     finally:
         assert await oxyd_app.stop(app)  # clean: no neonize thread left stuck
+        proxy.__exit__()
 
 
 async def test_paired_state_lives_in_the_record_not_the_store(tmp_path, monkeypatch):

@@ -397,6 +397,7 @@ class NeonizeClient(PeopleMixin):
             now_ms=self.engine.clock.now_ms,
             timeout_s=self.engine.pair_timeout_s,
             label=self.tenant_id,
+            proxy=self.proxy,
         )
         await self._pairing.start()
 

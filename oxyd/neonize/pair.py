@@ -37,6 +37,8 @@ NEXT_QR_S = 20
 PAIR_CODE_S = 180
 # Hard cap for a child whose parent cannot kill it (pairing never takes this long).
 MAX_CHILD_S = 900
+# The tenant's proxy (or neonize.proxy): pairing dials WhatsApp the same way its sessions do.
+PROXY_ENV = "NEONIZE_PAIR_PROXY"
 
 
 class PairingRun:
@@ -50,8 +52,10 @@ class PairingRun:
         now_ms: Callable[[], int],
         timeout_s: float,
         label: str,
+        proxy: str | None = None,
     ) -> None:
         self.argv = argv
+        self.proxy = proxy
         self.emit = emit
         self.now_ms = now_ms
         self.timeout_s = timeout_s
@@ -65,8 +69,12 @@ class PairingRun:
         return self.task is not None and not self.task.done()
 
     async def start(self) -> None:
+        env = None
+        if self.proxy:  # not in argv: a proxy URL may hold a password
+            env = {**os.environ, PROXY_ENV: self.proxy}
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -223,7 +231,13 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
         nev.StreamReplacedEv,
     ):
         nc.event(refused)(on_refused)
-    task = await nc.connect()
+    proxy = os.environ.get(PROXY_ENV)
+    if proxy:
+        from neonize._binder import ProxySettings
+
+        task = await nc.connect(ProxySettings(proxy_address=proxy))
+    else:
+        task = await nc.connect()
     await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
     if not done.done():
         exc = task.exception() if not task.cancelled() else None
