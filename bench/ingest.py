@@ -8,7 +8,7 @@ is shared and noisy, so absolute rates vary between runs; ratios much less):
 
 1. throughput: N realistic message rows (text 20-400 chars, raw 200-600 bytes, ~1,000 chats,
    50 tenants) through Writer.put + flush vs plain sqlite3.executemany of the SAME rows (built
-   by batch._message_row, inserted with batch._INSERT_MESSAGE) into the SAME schema in
+   by batch.message_row, inserted with batch.INSERT_MESSAGE) into the SAME schema in
    1,000-row transactions. WAL + synchronous=NORMAL on both. Target: writer >= 0.7 x raw.
 2. latency: enqueue -> commit at a steady offered load (default 5,000 msg/s, paced on the
    event loop in 10 ms ticks). Target: p99 <= 50 ms.
@@ -42,8 +42,9 @@ from loguru import logger
 from oxyd.clock import RealClock
 from oxyd.model import Message, State
 from oxyd.store import outbox
+from oxyd.store.batch import INSERT_MESSAGE, message_row
 from oxyd.store.db import DB_NAME, Store
-from oxyd.store.writer import _INSERT_MESSAGE, Writer, _message_row
+from oxyd.store.writer import Writer
 
 TENANTS = 50
 CHATS = 1_000  # in all: 20 per tenant
@@ -120,7 +121,7 @@ def raw_insert(path: Path, rows: list[tuple]) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(rows), TX_ROWS):
         con.execute("BEGIN IMMEDIATE")
-        con.executemany(_INSERT_MESSAGE, rows[i : i + TX_ROWS])
+        con.executemany(INSERT_MESSAGE, rows[i : i + TX_ROWS])
         con.execute("COMMIT")
     dt = time.perf_counter() - t0
     (count,) = con.execute("SELECT count(*) FROM messages").fetchone()
@@ -297,7 +298,7 @@ async def main() -> int:
     print(f"generating {args.n} messages ({TENANTS} tenants, {CHATS} chats)...", flush=True)
     msgs = make_messages(args.n)
     now_ms = int(time.time() * 1000)
-    rows = [_message_row(t, m, now_ms) for t, m in msgs]
+    rows = [message_row(t, m, now_ms) for t, m in msgs]
     avg_text = statistics.fmean(len(m.text) for _, m in msgs)
     avg_raw = statistics.fmean(len(m.raw) for _, m in msgs)
     print(f"  avg text {avg_text:.0f} chars, avg raw {avg_raw:.0f} bytes", flush=True)

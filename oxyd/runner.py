@@ -9,17 +9,49 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
-from typing import TYPE_CHECKING, Any
+import random
+from collections import Counter, deque
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 
 from oxyd import backoff
 from oxyd import model as m
+from oxyd.backoff import ConnectGate
+from oxyd.clock import Clock
+from oxyd.config import Config
+from oxyd.engine import Engine
 from oxyd.model import PARKED, State
+from oxyd.ratelimit import TokenBucket
+from oxyd.store.db import Store
+from oxyd.store.outbox import Subscriptions
+from oxyd.store.writer import Writer
 
-if TYPE_CHECKING:
-    from oxyd.supervisor import Supervisor
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What a Runner needs from whoever owns it (the Supervisor). Named here, so a runner
+    depends on these members only and never imports the supervisor."""
+
+    cfg: Config
+    clock: Clock
+    engines: dict[str, Engine]
+    store: Store
+    writer: Writer
+    subs: Subscriptions
+    gate: ConnectGate
+    rng: random.Random
+    reconnects: Counter[str]
+
+    def send_bucket(self) -> TokenBucket: ...
+    def runner_done(self, task: asyncio.Task) -> None: ...
+    async def bounded(self, aw: Awaitable[T], timeout_s: float) -> T: ...
+    async def persist(self, r: Runner, alert: str | None) -> None: ...
+    async def zombie(self, r: Runner, silent_s: float) -> None: ...
+    def publish(self, event: dict[str, Any]) -> None: ...
+
 
 _DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA)
 # Events a runner buffers while the writer is full before it asks the engine to stop
@@ -52,7 +84,7 @@ class _Ended(Exception):
 
 
 class Runner:
-    def __init__(self, sup: Supervisor, tenant: m.Tenant) -> None:
+    def __init__(self, sup: Host, tenant: m.Tenant) -> None:
         self.sup = sup
         self.t = tenant
         self.log = logger.bind(tenant=tenant.id)

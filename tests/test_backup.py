@@ -19,6 +19,8 @@ import pytest
 
 from oxyd import backup
 from oxyd.backup import BackupError, create_backup, list_backups, prune_backups, restore_backup
+from oxyd.backup.sealed import SealWriter
+from oxyd.cli import backup as cli_backup
 from oxyd.clock import FakeClock
 from oxyd.config import load as load_config
 from oxyd.datadir import prepare
@@ -195,7 +197,7 @@ async def test_not_an_archive(tmp_path):
 
 def sealed_tar(path: Path, members: list[tarfile.TarInfo], key: bytes = KEY) -> Path:
     with path.open("wb") as raw:
-        sealer = backup._SealWriter(raw, key, threading.Event())
+        sealer = SealWriter(raw, key, threading.Event())
         with (
             gzip.GzipFile(fileobj=sealer, mode="wb") as gz,
             tarfile.open(fileobj=gz, mode="w|") as tar,
@@ -311,7 +313,7 @@ def test_load_key(tmp_path):
 
 def run_cli(argv: list[str], env: dict[str, str]) -> int:
     parser = argparse.ArgumentParser()
-    backup.register(parser.add_subparsers(dest="command", required=True))
+    cli_backup.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.handler(args, load_config(env=env))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from http_helpers import Harness
 
-from oxyd.http.server import OPEN_PATHS
+from oxyd.http.access import OPEN_PATHS
 
 ADMIN_ONLY = {
     ("GET", "/metrics"),

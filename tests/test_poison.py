@@ -9,8 +9,8 @@ from http_helpers import Harness
 from test_writer import count, msg, open_writer
 
 from oxyd.model import HistorySync, Receipt
+from oxyd.store import batch as batch_mod
 from oxyd.store import faults
-from oxyd.store import writer as writer_mod
 
 CHAT = "c1@s.whatsapp.net"
 
@@ -54,7 +54,7 @@ async def test_an_item_refused_every_time_is_dead_lettered_and_the_rest_commits(
     # Without chunking, a long receipt is `too many SQL variables`: an OperationalError that
     # the writer used to retry forever, stopping storage for every tenant. SQLite's limit is
     # lowered to upstream's old default (999) so that a short list shows it quickly.
-    monkeypatch.setattr(writer_mod, "IN_CHUNK", 10**6)
+    monkeypatch.setattr(batch_mod, "IN_CHUNK", 10**6)
     store, w = await open_writer(tmp_path, batch_max=10**7)  # one batch for all
     await store.run_tx(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
     w._task.cancel()  # queue everything first: the poison sits inside one big batch

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 def _plugins() -> list:
     """Subcommands that live with the module that implements them."""
     mods = []
-    for name in ("oxyd.cli.client", "oxyd.backup"):
+    for name in ("oxyd.cli.client", "oxyd.cli.backup"):
         try:
             mods.append(__import__(name, fromlist=["register"]))
         except ImportError:
@@ -39,11 +39,11 @@ def _plugins() -> list:
 
 
 def _run(args: argparse.Namespace, cfg) -> int:
-    from oxyd import app, log
+    from oxyd import daemon, log
 
     log.setup(cfg.log.level, cfg.log.format)
     try:
-        return asyncio.run(app.run(cfg))
+        return asyncio.run(daemon.run(cfg))
     except KeyboardInterrupt:
         return 130
     except OSError as e:

@@ -20,7 +20,7 @@ from aiohttp import web
 from oxyd.cluster.merge import merge_health, unavailable_alert
 from oxyd.cluster.node import RETRY_AFTER_S, Node
 from oxyd.cluster.peers import SCOPE_HEADER
-from oxyd.http.server import ApiError
+from oxyd.http.replies import ApiError
 
 FRAME_END = b"\n\n"
 FRAME_MAX_BYTES = 1 << 22  # a snapshot of a few thousand tenants fits well within

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from oxyd.cluster.node import Node
 from oxyd.cluster.peers import SCOPE_HEADER, PeerUnavailable
-from oxyd.http.server import ApiError
+from oxyd.http.replies import ApiError
 
 
 async def _gather(node: Node, request: web.Request, handler, path: str):

@@ -21,7 +21,8 @@ from aiohttp.streams import StreamReader
 from oxyd.cluster import merge
 from oxyd.cluster.node import RETRY_AFTER_S, Node
 from oxyd.cluster.peers import FROM_HEADER, HOPS_HEADER, SCOPE_HEADER
-from oxyd.http.server import ApiError, body_limit_bytes, read_limited
+from oxyd.http.inputs import body_limit_bytes, read_limited
+from oxyd.http.replies import ApiError
 from oxyd.model import valid_tenant_id
 
 _TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/.*)?$")

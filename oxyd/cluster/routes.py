@@ -14,8 +14,9 @@ from loguru import logger
 from oxyd.cluster import archive, handover
 from oxyd.cluster.node import node_of
 from oxyd.cluster.peers import FROM_HEADER, TOKEN_HEADER
+from oxyd.http.keys import APP
+from oxyd.http.replies import ApiError
 from oxyd.http.routes_archive import save_body
-from oxyd.http.server import APP, ApiError
 from oxyd.model import valid_tenant_id
 from oxyd.store import moves, tenant_rows
 

@@ -13,8 +13,10 @@ import re
 from aiohttp import web
 
 from oxyd.engine import EngineError
-from oxyd.http.routes import no_body, ok
-from oxyd.http.server import APP, ApiError, tenant_id
+from oxyd.http.access import tenant_id
+from oxyd.http.inputs import no_body
+from oxyd.http.keys import APP
+from oxyd.http.replies import ApiError, ok
 from oxyd.media import files
 from oxyd.media.downloader import Downloads
 

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from oxyd.app import App
+from oxyd.http.access import require_admin
 from oxyd.model import State
 
 table = web.RouteTableDef()
@@ -201,8 +202,6 @@ def media_metrics(downloads: Any) -> Iterator[Metric]:
 
 @table.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    from oxyd.http.server import require_admin
-
     require_admin(request)
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http.server import APP, TOKEN_TENANT
+from oxyd.http.keys import APP, TOKEN_TENANT
 
 table = web.RouteTableDef()
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http.routes import bool_param, int_param, ok
-from oxyd.http.server import APP, ApiError, json_body, tenant_id
+from oxyd.http.access import tenant_id
+from oxyd.http.inputs import bool_param, int_param, json_body
+from oxyd.http.keys import APP
+from oxyd.http.replies import ApiError, ok
 from oxyd.people import People
 
 table = web.RouteTableDef()
@@ -202,7 +204,7 @@ async def reset_invite(request: web.Request) -> web.Response:
 
 @table.post("/v1/tenants/{id}/groups/{jid}/leave")
 async def leave_group(request: web.Request) -> web.Response:
-    from oxyd.http.routes import no_body
+    from oxyd.http.inputs import no_body
 
     tid = tenant_id(request)
     jid = group_jid(request)

@@ -1,7 +1,7 @@
 """HTTP API v1 handlers (design §6): probes, tenants, pairing, tokens, health, simulation.
 
-Thin: validate, call the supervisor or store, answer. Messages, chats and webhooks are in
-routes_data.py.
+Thin: validate, call the supervisor or store, answer. Messages and chats are in
+routes_data.py, the webhook in routes_webhook.py.
 """
 
 from __future__ import annotations
@@ -13,23 +13,23 @@ import json
 import re
 import secrets
 import time
-from typing import Any
 
 from aiohttp import web
 
 from oxyd.engine import EngineError, NotConnected
-from oxyd.http.server import (
-    APP,
-    TOKEN_TENANT,
-    ApiError,
+from oxyd.http.access import require_admin, tenant_id
+from oxyd.http.inputs import (
     body_limit_bytes,
+    bool_param,
     check_fields,
     json_body,
+    no_body,
     parse_json_object,
     read_limited,
-    require_admin,
-    tenant_id,
 )
+from oxyd.http.keys import APP, TOKEN_TENANT
+from oxyd.http.replies import ApiError, ok
+from oxyd.http.routes_webhook import set_webhook, webhook_fields
 from oxyd.model import ENGINES, valid_tenant_id
 
 table = web.RouteTableDef()
@@ -37,7 +37,7 @@ table = web.RouteTableDef()
 PHONE_RE = re.compile(r"[0-9]{6,15}")
 # The admin's tenant list is ~300 KB of JSON at 1,000 tenants (~6 ms to build and encode): under
 # a polling dashboard or many clients, answers for this long reuse the same bytes. Any write
-# through the API clears it (see http.invalidate_on_write), so an operator never sees a stale
+# through the API clears it (see middleware.invalidate_on_write), so an operator never sees a stale
 # list after their own change; engine-driven changes show up within this time.
 LIST_CACHE_S = 0.25
 
@@ -54,45 +54,6 @@ class ListCache:
 
 
 LIST_CACHE: web.AppKey[ListCache] = web.AppKey("oxyd_list_cache", ListCache)
-
-
-def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
-def query_param(request: web.Request, name: str) -> str | None:
-    """One query value: a repeated parameter is ambiguous, so it is refused."""
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise ApiError(400, "invalid_parameter", f"{name}: give it once")
-    return values[0] if values else None
-
-
-def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = query_param(request, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name}: must be an integer") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, "invalid_parameter", f"{name}: must be between {lo} and {hi}")
-    return value
-
-
-def bool_param(request: web.Request, name: str) -> bool:
-    raw = query_param(request, name)
-    if raw is None:
-        return False
-    if raw not in ("true", "false", "1", "0"):
-        raise ApiError(400, "invalid_parameter", f"{name}: must be true or false")
-    return raw in ("true", "1")
-
-
-async def no_body(request: web.Request) -> None:
-    """Action routes take no fields; an empty body or {} is fine, anything else is 400."""
-    await json_body(request, allowed={})
 
 
 # ---- probes ----
@@ -173,8 +134,6 @@ async def add_tenant(request: web.Request) -> web.Response:
     app = request.app[APP]
     if engine not in app.engines:
         raise ApiError(400, "engine_unavailable", f"engine: {engine} is not available here")
-    from oxyd.http.routes_data import set_webhook, webhook_fields
-
     hook = webhook_fields(body["webhook"], "webhook.") if body.get("webhook") is not None else None
     data = await app.supervisor.add(tid, engine, settings)
     if hook is not None:

@@ -16,7 +16,9 @@ import time
 from aiohttp import web
 
 from oxyd.cluster import archive, handover
-from oxyd.http.server import APP, ApiError, require_admin, tenant_id
+from oxyd.http.access import require_admin, tenant_id
+from oxyd.http.keys import APP
+from oxyd.http.replies import ApiError
 from oxyd.model import valid_tenant_id
 from oxyd.store import tenant_rows
 

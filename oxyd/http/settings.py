@@ -12,8 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http.routes import ok
-from oxyd.http.server import APP, ApiError, check_fields, json_body, require_admin, tenant_id
+from oxyd.http.access import require_admin, tenant_id
+from oxyd.http.inputs import check_fields, json_body
+from oxyd.http.keys import APP
+from oxyd.http.replies import ApiError, ok
 from oxyd.proxy import proxy_error
 
 table = web.RouteTableDef()

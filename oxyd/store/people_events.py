@@ -22,7 +22,7 @@ from oxyd.store import outbox
 LID, PHONE = "@lid", "@s.whatsapp.net"
 # A VALUES list of (tenant, jid) pairs per query: far below SQLite's variable limit.
 CHUNK = 400
-# Row tuple positions of writer._message_row.
+# Row tuple positions of batch.message_row.
 _TENANT, _CHAT, _SENDER, _WA_ID, _CHAT_ALT, _SENDER_ALT = 0, 1, 2, 3, 9, 10
 
 

@@ -1,10 +1,7 @@
-"""The batched writer: drains its queue into ONE transaction per batch.
-
-Messages go in with INSERT .. ON CONFLICT DO NOTHING on (tenant, chat, sender, wa_id), so a
-redelivery is a no-op and a distinct message is never dropped. Rows inserted by this batch are
-exactly those with an id above the largest id before it (SQLite's rowid allocation), which is
-how chats, counters and webhook events are derived from what was really stored, duplicates
-excluded, without a query per message.
+"""The batched writer: a bounded queue with back-pressure, drained into ONE transaction per
+batch; transient storage errors are retried, an item SQLite refuses every time is isolated and
+dead-lettered. What a batch does in SQL (dedup, chats, counters, webhook events) is
+store/batch.py.
 """
 
 from __future__ import annotations
@@ -20,25 +17,9 @@ from loguru import logger
 from oxyd.clock import Clock
 from oxyd.config import MediaConfig
 from oxyd.model import PEOPLE_DATA, Contact, HistorySync, Message, Receipt
-from oxyd.store import faults, outbox, people_events
-from oxyd.store import media as media_rows
-from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
-
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (tenant, chat, sender, wa_id, from_me, sent_at_ms, kind, text,"
-    " push_name, chat_alt, sender_alt, ref_id, media, raw, status, from_history, stored_at_ms)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
-)
-_STATUS_RANK = (
-    "CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3"
-    " WHEN 'played' THEN 4 ELSE 0 END"
-)
-_RANK = {"delivered": 2, "read": 3, "played": 4}
-# Variables per `IN (...)` list built from input: far below SQLite's limit (32,766 since 3.32,
-# 999 before), so no list an engine reports can make a statement that is refused every time.
-IN_CHUNK = 500
-_MEDIA_DEFAULTS = MediaConfig()  # frozen: safe to share
-_RECEIPT_COL = {"delivered": "delivered_at_ms", "read": "read_at_ms", "played": "played_at_ms"}
+from oxyd.store import batch as batch_sql
+from oxyd.store import faults, outbox
+from oxyd.store.db import Store
 
 
 @dataclass(slots=True)
@@ -62,32 +43,6 @@ class WriterStats:
     last_error: str | None = None
     latencies_s: list[float] | None = None
     stored_by_tenant: Counter = field(default_factory=Counter)
-
-
-def _message_row(
-    tenant: str, m: Message, now_ms: int, media_cfg: MediaConfig = _MEDIA_DEFAULTS
-) -> tuple:
-    media = media_rows.initial_json(media_cfg, tenant, m) if m.media else None
-    status = "sent" if m.from_me else "received"
-    return (
-        tenant,
-        m.chat,
-        m.sender,
-        m.wa_id,
-        int(m.from_me),
-        m.sent_at_ms,
-        m.kind,
-        m.text,
-        m.push_name,
-        m.chat_alt,
-        m.sender_alt,
-        m.ref_id,
-        media,
-        m.raw,
-        status,
-        int(m.from_history),
-        now_ms,
-    )
 
 
 class Writer:
@@ -333,7 +288,7 @@ class Writer:
         for it in batch:
             p = it.payload
             if isinstance(p, Message):
-                rows.append(_message_row(it.tenant, p, now_ms, self.media_cfg))
+                rows.append(batch_sql.message_row(it.tenant, p, now_ms, self.media_cfg))
                 live.setdefault((it.tenant, p.chat, p.sender, p.wa_id), it)
                 if p.media is not None:
                     media_msgs.setdefault((it.tenant, p.chat, p.sender, p.wa_id), p)
@@ -357,8 +312,10 @@ class Writer:
             elif p[0] == "event":
                 events += outbox.rows(self.subs, it.tenant, p[1], p[2], now_ms)
         new_rows, synced, stored_by_tenant, media_pending = await self.store.run_tx(
-            lambda conn: self._apply(
+            lambda conn: batch_sql.apply(
                 conn,
+                self.subs,
+                self.media_cfg,
                 now_ms,
                 rows,
                 live,
@@ -391,145 +348,6 @@ class Writer:
                 self._on_history(tenant, h, stored)
         return stored_by_tenant
 
-    def _apply(
-        self,
-        conn,
-        now_ms,
-        rows,
-        live,
-        histories,
-        contacts,
-        names,
-        receipts,
-        events,
-        media_msgs,
-        people,
-    ):
-        """The whole batch in one call on the database thread: one hop per batch instead of
-        one per statement (runs inside Store.run_tx's transaction)."""
-        max_before = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-        if people:  # learned mappings first: this batch's messages get them too
-            people_events.apply(conn, people, self.subs, events, now_ms)
-        rows = people_events.fill_alts(conn, rows, live)
-        if rows:
-            conn.executemany(_INSERT_MESSAGE, rows)
-        synced = []
-        for it in histories:
-            h: HistorySync = it.payload
-            history_rows = [_message_row(it.tenant, m, now_ms, self.media_cfg) for m in h.messages]
-            cur = conn.executemany(_INSERT_MESSAGE, people_events.fill_alts(conn, history_rows, {}))
-            stored = max(cur.rowcount, 0)
-            synced.append((it.tenant, h, stored))
-            conn.execute(
-                "INSERT INTO history_syncs (tenant, sync_type, conversations, processed,"
-                " stored, at_ms) VALUES (?,?,?,?,?,?)",
-                (it.tenant, h.sync_type, h.conversations, len(h.messages), stored, now_ms),
-            )
-            summary = {
-                "sync_type": h.sync_type,
-                "conversations": h.conversations,
-                "processed": len(h.messages),
-                "stored": stored,
-            }
-            events += outbox.rows(self.subs, it.tenant, "history.synced", summary, now_ms)
-        new_rows = conn.execute(
-            "SELECT id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history"
-            " FROM messages WHERE id > ? ORDER BY id",
-            (max_before,),
-        ).fetchall()
-        stored_by_tenant = self._derive(conn, new_rows, live, events, now_ms)
-        media_pending = (
-            media_rows.queue_new(conn, self.media_cfg, new_rows, media_msgs, now_ms)
-            if media_msgs
-            else 0
-        )
-        if contacts:
-            conn.executemany(
-                "INSERT INTO contacts (tenant, jid, push_name, updated_at_ms) VALUES"
-                " (?,?,?,?) ON CONFLICT DO UPDATE SET push_name=excluded.push_name,"
-                " updated_at_ms=excluded.updated_at_ms"
-                # Push names rarely change: an unchanged one writes no page.
-                " WHERE push_name IS NOT excluded.push_name",
-                [(t, j, n, now_ms) for (t, j), n in contacts.items()],
-            )
-        if names:
-            conn.executemany(
-                "INSERT INTO chats (tenant, jid, name) VALUES (?,?,?)"
-                " ON CONFLICT DO UPDATE SET name=excluded.name",
-                [(t, j, n) for (t, j), n in names.items()],
-            )
-        for it in receipts:
-            self._receipt(conn, it.tenant, it.payload, events, now_ms)
-        if events:
-            conn.executemany(OUTBOX_INSERT, events)
-        return new_rows, synced, stored_by_tenant, media_pending
-
-    def _derive(self, db, new_rows, live, events, now_ms) -> dict[str, int]:
-        """Chats, per-tenant counters and message webhooks from the rows really inserted."""
-        chats: dict[tuple[str, str], list[int]] = {}
-        per_tenant: Counter[str] = Counter()
-        for _row_id, tenant, chat, sender, wa_id, sent_at_ms, from_me, from_history in new_rows:
-            agg = chats.setdefault((tenant, chat), [0, 0, 0])
-            agg[0] = max(agg[0], sent_at_ms)
-            agg[1] += 1 if not from_me and not from_history else 0
-            agg[2] += 1
-            per_tenant[tenant] += 1
-            it = live.get((tenant, chat, sender, wa_id))
-            if it is None or from_history:
-                continue
-            etype = "message.sent" if it.sent else "message.received"
-            if self.subs.wants(tenant, etype):
-                data = _message_data(
-                    tenant, it.payload, "sent" if from_me else "received", self.media_cfg
-                )
-                events += outbox.rows(self.subs, tenant, etype, data, now_ms)
-        if chats:
-            db.executemany(
-                "INSERT INTO chats (tenant, jid, last_message_ms, unread_count, message_count)"
-                " VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-                " last_message_ms=max(coalesce(last_message_ms, 0), excluded.last_message_ms),"
-                " unread_count=unread_count+excluded.unread_count,"
-                " message_count=message_count+excluded.message_count",
-                [(t, c, a[0], a[1], a[2]) for (t, c), a in chats.items()],
-            )
-        if per_tenant:
-            db.executemany(
-                "INSERT INTO tenant_counts (tenant, messages_stored) VALUES (?,?)"
-                " ON CONFLICT DO UPDATE SET"
-                " messages_stored=messages_stored+excluded.messages_stored",
-                list(per_tenant.items()),
-            )
-        return dict(per_tenant)
-
-    def _receipt(self, db, tenant: str, r: Receipt, events: list, now_ms: int) -> None:
-        col = _RECEIPT_COL.get(r.type)
-        if col is None:
-            return
-        sets = [f"{col}=coalesce({col}, ?)"]
-        args: list[Any] = [r.at_ms]
-        if r.type in ("read", "played"):
-            sets.append("delivered_at_ms=coalesce(delivered_at_ms, ?)")
-            args.append(r.at_ms)
-        sql = (
-            f"UPDATE messages SET {', '.join(sets)}, status=CASE WHEN {_STATUS_RANK} < ?"
-            " THEN ? ELSE status END WHERE tenant=? AND chat=? AND wa_id=?"
-        )
-        db.executemany(sql, [(*args, _RANK[r.type], r.type, tenant, r.chat, i) for i in r.wa_ids])
-        if self.subs.wants(tenant, "message.status"):
-            # The ids come from outside: chunked, or a long list would exceed SQLite's limit
-            # on variables and be refused every time.
-            for i in range(0, len(r.wa_ids), IN_CHUNK):
-                chunk = r.wa_ids[i : i + IN_CHUNK]
-                cur = db.execute(
-                    f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=?"
-                    f" AND wa_id IN ({','.join('?' * len(chunk))})",
-                    (tenant, r.chat, *chunk),
-                )
-                for row in cur.fetchall():
-                    events += outbox.rows(
-                        self.subs, tenant, "message.status", message_json(row), now_ms
-                    )
-
 
 def _weight(it: Item) -> int:
     """Rows an item writes, roughly: what a batch is bounded by."""
@@ -539,26 +357,3 @@ def _weight(it: Item) -> int:
     if isinstance(p, Receipt):
         return max(1, len(p.wa_ids))
     return 1
-
-
-def _message_data(tenant: str, m: Message, status: str, media_cfg: MediaConfig) -> dict[str, Any]:
-    return {
-        "id": m.wa_id,
-        "chat": m.chat,
-        "sender": m.sender,
-        "from_me": m.from_me,
-        "sent_at_ms": m.sent_at_ms,
-        "kind": m.kind,
-        "text": m.text,
-        "push_name": m.push_name,
-        "status": status,
-        "delivered_at_ms": None,
-        "read_at_ms": None,
-        "played_at_ms": None,
-        "media": media_rows.media_object(tenant, m, *media_rows.policy_status(media_cfg, m))
-        if m.media
-        else None,
-        "chat_alt": m.chat_alt,
-        "sender_alt": m.sender_alt,
-        "ref_id": m.ref_id,
-    }

@@ -1,0 +1,129 @@
+"""`oxyd run`: the App, the scheduled jobs and the control port, unwound in reverse.
+
+The data directory's lock comes first and the port is bound before any tenant starts; at the
+end HTTP stops first (no new work), then the App stops its tenants and drains its queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+
+from loguru import logger
+
+from oxyd import backup, dirlock
+from oxyd.app import App, build, start, stop
+from oxyd.config import EXIT_CONFIG, Config
+from oxyd.http import server as http
+from oxyd.jobs import Jobs
+from oxyd.notify import Notifier
+
+
+async def run(cfg: Config) -> int:
+    """The daemon. Returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("{} received: shutting down (send it again to force)", signame)
+            stop_event.set()
+        else:
+            logger.warning("second signal: exiting now")
+            os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    notifier = Notifier()
+    key = None
+    try:
+        key = backup.load_key(cfg)
+    except backup.BackupError as e:
+        if cfg.backup.schedule:
+            logger.error("backup.schedule is set but {}", e)
+            return EXIT_CONFIG
+
+    # The lock before anything in the directory is opened; the port before any tenant starts.
+    try:
+        lock = dirlock.acquire(cfg.data_dir)
+    except dirlock.DirectoryInUse as e:
+        logger.error("{}", e)
+        return dirlock.EXIT_IN_USE
+    try:
+        socks = http.bind(cfg.http.host, cfg.http.port)
+    except OSError as e:
+        logger.error("{}", e)
+        lock.release()
+        return 1
+    try:
+        return await _run_locked(cfg, socks, stop_event, key, notifier)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, notifier) -> int:
+    app = await build(cfg)
+    logger.info("data directory {}", cfg.data_dir.resolve())
+    await start(app)
+    make_backup = None
+    if key is not None:
+
+        def make_backup():
+            return backup.create_backup(cfg.data_dir, key, clock=app.clock, media=cfg.backup.media)
+
+    jobs = Jobs(
+        cfg,
+        store=app.store,
+        health_sweep=app.supervisor.health_sweep,
+        make_backup=make_backup,
+        prune_outbox=app.webhooks.prune,
+        media_sweep=functools.partial(_media_sweep, app),
+        clock=app.clock,
+    )
+    jobs.start()
+    app.extras["jobs"] = jobs
+    runner = await http.serve(app, socks)
+    logger.info("listening on http://{}:{}", cfg.http.host, cfg.http.port)
+    notifier.ready(_status_line(app))
+    side_tasks = [
+        asyncio.create_task(notifier.watchdog_loop()),
+        asyncio.create_task(_status_loop(app, notifier)),
+    ]
+    await stop_event.wait()
+
+    notifier.stopping("draining queues")
+    for t in side_tasks:
+        t.cancel()
+    await runner.cleanup()  # HTTP first: no new work while we drain
+    clean = await stop(app)
+    logger.info("stopped")
+    if not clean:
+        logger.warning("a WhatsApp client thread is stuck; leaving without waiting for it")
+        os._exit(0)
+    return 0
+
+
+async def _media_sweep(app: App) -> dict:
+    from oxyd.media import retention
+
+    downloads = app.extras["media"]
+    return await retention.sweep(
+        app.cfg.media, app.cfg.data_dir, downloads.table, downloads, app.clock
+    )
+
+
+def _status_line(app: App) -> str:
+    counts = app.supervisor.counts_by_state()
+    return f"{sum(counts.values())} tenants, {counts.get('connected', 0)} connected"
+
+
+async def _status_loop(app: App, notifier: Notifier, every_s: float = 30.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        notifier.status(_status_line(app))
