@@ -65,6 +65,7 @@ class Downloads:
         self._dirty = True
         self._quota_alerted: set[str] = set()
         self._loop_task: asyncio.Task | None = None
+        self._partial_dirs: set[str] = set()
 
     # ---- lifecycle ----
 
@@ -227,7 +228,12 @@ class Downloads:
         if not connected:
             await self._later(job, OFFLINE_RETRY_S, "waiting for the tenant to connect")
             return
-        partial = await asyncio.to_thread(files.new_partial, self.data_dir, job.tenant)
+        if job.tenant in self._partial_dirs:  # one mkdir per tenant and run, not per file
+            partial = files.partial_name(self.data_dir, job.tenant)
+        else:
+            partial = await asyncio.to_thread(files.new_partial, self.data_dir, job.tenant)
+            self._partial_dirs.add(job.tenant)
+        kept = False
         try:
             try:
                 res = await client.download_media(job.ref or "", str(partial), self.cfg.max_bytes)
@@ -239,7 +245,7 @@ class Downloads:
                 return
             status = res.get("status")
             if status == "ok":
-                await self._store(job, partial, res["sha256"], int(res["size"]))
+                kept = await self._store(job, partial, res["sha256"], int(res["size"]))
             elif status == "expired":
                 await self._expired(job, client, str(res.get("error") or "CDN copy expired"))
             elif status == "too_large":
@@ -247,13 +253,15 @@ class Downloads:
             else:
                 await self._transient(job, f"engine answered {res!r}")
         finally:
-            await asyncio.to_thread(partial.unlink, True)
+            if not kept:
+                await asyncio.to_thread(partial.unlink, True)
         log.trace("media {} -> {}", job.wa_id, status)
 
-    async def _store(self, job: Job, partial: Path, sha256: str, size: int) -> None:
+    async def _store(self, job: Job, partial: Path, sha256: str, size: int) -> bool:
+        """True when the partial file was consumed (moved into place or dropped)."""
         if job.expected_sha256 and sha256 != job.expected_sha256:
             await self._transient(job, "file hash does not match WhatsApp's (corrupt download)")
-            return
+            return False
         quota = self._quota_bytes()
         room = quota - self.bytes_by_tenant[job.tenant] if quota else None
         final = files.path_of(self.data_dir, job.tenant, sha256)
@@ -265,12 +273,13 @@ class Downloads:
             )
             if outcome == "no_room":
                 await self._over_quota(job, quota)
-                return
+                return False
             await self._done(job, STORED, None, sha256=sha256, size=size)
         finally:
             self._uncommit(key)
         if outcome == "new":
             self.bytes_by_tenant[job.tenant] += size
+        return True
 
     def _uncommit(self, key: tuple[str, str]) -> None:
         self.committing[key] -= 1

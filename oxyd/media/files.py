@@ -31,10 +31,15 @@ def path_of(data_dir: Path, tenant_id: str, sha256: str) -> Path:
     return root(data_dir, tenant_id) / sha256[:2] / sha256
 
 
+def partial_name(data_dir: Path, tenant_id: str) -> Path:
+    return root(data_dir, tenant_id) / PARTIAL_DIR / f"{secrets.token_hex(8)}.part"
+
+
 def new_partial(data_dir: Path, tenant_id: str) -> Path:
-    folder = root(data_dir, tenant_id) / PARTIAL_DIR
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder / f"{secrets.token_hex(8)}.part"
+    """A fresh name in the tenant's partial folder (created here)."""
+    path = partial_name(data_dir, tenant_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
 
 
 def commit(

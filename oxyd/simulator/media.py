@@ -83,7 +83,9 @@ class SimulatedCdn:
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+                # Fewer, larger socket reads: a media body is read in WRITE_BYTES pieces.
+                read_bufsize=WRITE_BYTES,
             )
         return self._session
 
@@ -100,8 +102,10 @@ class SimulatedCdn:
         if not m.valid_tenant_id(tenant) or not _valid_token(token):
             raise web.HTTPNotFound()
         path = self.folder(tenant) / token
-        gone = await asyncio.to_thread(lambda: (path.with_suffix(_EXPIRED)).exists())
-        if gone or not await asyncio.to_thread(path.is_file):
+        servable = await asyncio.to_thread(
+            lambda: path.is_file() and not path.with_suffix(_EXPIRED).exists()
+        )
+        if not servable:
             raise web.HTTPNotFound()
         if self.bytes_per_s:
             return await self._trickle(request, path)
@@ -172,10 +176,10 @@ async def stream_to_file(content: aiohttp.StreamReader, dest: str, max_bytes: in
     """Write a response body to `dest` as it arrives, hashing on the way. The disk write
     and hash of one buffer run in a thread while the next buffer is read from the socket
     (double buffering: the connection is never paused for the disk), so at most about
-    3 x WRITE_BYTES are held per download. (Flushing to the disk is the downloader's
-    business: media.fsync, done once for every engine in oxyd/media/files.py.)"""
-    h = hashlib.sha256()
-    f = await asyncio.to_thread(open, dest, "wb")
+    3 x WRITE_BYTES are held per download; the file is opened with the first buffer and
+    closed with the last (few thread hops per file). Flushing to the disk is the
+    downloader's business (media.fsync, once for every engine, in oxyd/media/files.py)."""
+    out = _HashedFile(dest)
     total = 0
     pending: asyncio.Future | None = None
     try:
@@ -190,21 +194,39 @@ async def stream_to_file(content: aiohttp.StreamReader, dest: str, max_bytes: in
                 buf.clear()
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(_write_hashed, f, h, data))
+                pending = asyncio.ensure_future(asyncio.to_thread(out.write, data))
         if pending is not None:
             await pending
             pending = None
-        await asyncio.to_thread(_write_hashed, f, h, bytes(buf))
+        await asyncio.to_thread(out.write, bytes(buf), True)
     finally:
         if pending is not None:  # a thread cannot be stopped mid-write: let it finish first
             await asyncio.wait({pending})
-        await asyncio.to_thread(f.close)
-    return {"status": "ok", "size": total, "sha256": h.hexdigest()}
+        if out.f is not None:
+            await asyncio.to_thread(out.close)
+    return {"status": "ok", "size": total, "sha256": out.h.hexdigest()}
 
 
-def _write_hashed(f: Any, h: Any, data: bytes) -> None:
-    f.write(data)
-    h.update(data)
+class _HashedFile:
+    """A file written from worker threads, one call at a time, hashed as it is written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.f: Any = None
+        self.h = hashlib.sha256()
+
+    def write(self, data: bytes, last: bool = False) -> None:
+        if self.f is None:
+            self.f = open(self.path, "wb")
+        self.f.write(data)
+        self.h.update(data)
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
 
 
 def _token_of(ref: str) -> str:
