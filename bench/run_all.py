@@ -44,6 +44,7 @@ BENCHES: dict[str, tuple[list[str], list[str], float]] = {
     "webhooks": ([], ["--quick"], 900),
     "neonize_dispatch": (["--retry-s", "0"], ["--quick"], 600),
     "soak": ([], ["--quick"], 3600),
+    "media": ([], ["--quick"], 3600),
 }
 
 
@@ -278,6 +279,24 @@ def rows_for(name: str, f: dict | None, status: str) -> list[tuple[str, str, str
                 ),
             )
         return rows
+    if name == "media":
+        return [
+            (
+                f"media: download pipeline / plain aiohttp client ({f['files']:,} files,"
+                f" 50 KB-5 MB, {f['bytes'] / 1e9:.1f} GB)",
+                f"{f['ratio']:.2f} ({f['pipeline_files_per_s']:,.0f} vs"
+                f" {f['baseline_files_per_s']:,.0f} files/s, {f['pipeline_mb_per_s']:,.0f} vs"
+                f" {f['baseline_mb_per_s']:,.0f} MB/s); without fsync {f['ratio_nofsync']:.2f}",
+                ">= 0.80",
+                verdict(f["ratio"] >= 0.8),
+            ),
+            (
+                f"media: RSS while {f['big_files']} x {f['big_mb']} MB files stream",
+                f"+{f['rss_increase_mb']:.1f} MB (peak {f['rss_peak_mb']:.0f} MB)",
+                "< 20 MB",
+                verdict(f["rss_increase_mb"] < 20),
+            ),
+        ]
     if name == "neonize_dispatch":
         return [
             (
