@@ -11,6 +11,7 @@ and the backfill happen in one place.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from oxyd import model as m
@@ -41,6 +42,9 @@ class People:
         self.dir = Directory(sup.store)
         self._groups_synced: set[str] = set()  # tenants whose list was fetched this process
         self._book_synced: set[str] = set()  # tenants whose address book was read
+        # For /metrics: requests sent to WhatsApp per (tenant, method), lookup answers by source.
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.lookups: Counter[str] = Counter()
 
     # ---- plumbing ----
 
@@ -55,6 +59,8 @@ class People:
         return r
 
     async def _call(self, r, method: str, *args: Any) -> Any:
+        if method != "identity" and method != "address_book":  # those two stay on the device
+            self.requests[(r.t.id, method)] += 1
         try:
             return await self.sup.bounded(getattr(r.client, method)(*args), CALL_TIMEOUT_S)
         except NotConnected as e:
@@ -87,6 +93,8 @@ class People:
         fresh_after = self._now_ms() - int(self.sup.cfg.lookup.cache_s * 1000)
         cached = await self.dir.cached_lookups(tenant, phones, fresh_after)
         missing = [p for p in dict.fromkeys(phones) if p not in cached]
+        self.lookups["cache"] += len(phones) - len(missing)
+        self.lookups["whatsapp"] += len(missing)
         if missing:
             r = self._runner(tenant, take=1)  # one query for all of them
             found = await self._call(r, "lookup", missing)

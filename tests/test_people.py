@@ -74,6 +74,10 @@ async def test_lookup_is_cached_and_counted(h):
     # A new number costs one query (for the new one only); the known ones stay cached.
     await call(h, "POST", "/v1/tenants/a/lookup", {"phones": ["15550001111", "15550003333"]})
     assert (await server_calls(h, "a"))["lookup"] == 2
+    metrics = (await call(h, "GET", "/metrics")).decode()
+    assert 'oxyd_whatsapp_requests_total{method="lookup",tenant="a"} 2.0' in metrics
+    assert 'oxyd_lookup_numbers_total{source="cache"} 4.0' in metrics
+    assert 'oxyd_lookup_numbers_total{source="whatsapp"} 4.0' in metrics
 
 
 async def test_lookup_refuses_bad_input(h):

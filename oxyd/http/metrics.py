@@ -149,6 +149,10 @@ class OxydCollector(Collector):
         if hasattr(pool, "last_resources"):  # neonize.hosts > 0
             yield from host_metrics(pool)
 
+        people = self.app.extras.get("people")
+        if people is not None:
+            yield from people_metrics(people)
+
 
 def host_metrics(pool: Any) -> Iterator[Metric]:
     """Engine hosts: how many run, what went wrong, and each one's fds and RSS (sampled every
@@ -198,6 +202,26 @@ def media_metrics(downloads: Any) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "oxyd_media_downloads_in_flight", "Media downloads running", value=downloads.in_flight
     )
+
+
+def people_metrics(people: Any) -> Iterator[Metric]:
+    """What the people and group routes asked WhatsApp: the figures behind a ban risk."""
+    requests = CounterMetricFamily(
+        "oxyd_whatsapp_requests",
+        "People and group requests sent to WhatsApp, per tenant and method",
+        labels=["tenant", "method"],
+    )
+    for (tid, method), n in sorted(people.requests.items()):
+        requests.add_metric([tid, method], n)
+    yield requests
+    lookups = CounterMetricFamily(
+        "oxyd_lookup_numbers",
+        "Numbers looked up, by where the answer came from (cache or whatsapp)",
+        labels=["source"],
+    )
+    for source in ("cache", "whatsapp"):
+        lookups.add_metric([source], people.lookups[source])
+    yield lookups
 
 
 @table.get("/metrics")

@@ -27,7 +27,8 @@ ACTIONS = ("add", "remove", "promote", "demote")
 
 
 def setup(web_app: web.Application) -> None:
-    web_app[PEOPLE] = People(web_app[APP].supervisor)
+    people = web_app[PEOPLE] = People(web_app[APP].supervisor)
+    web_app[APP].extras["people"] = people  # for /metrics
     web_app.add_routes(table)
 
 
