@@ -148,7 +148,6 @@ class OxydCollector(Collector):
         pool = self.app.engines.get("neonize")
         if hasattr(pool, "last_resources"):  # neonize.hosts > 0
             yield from host_metrics(pool)
-
         people = self.app.extras.get("people")
         if people is not None:
             yield from people_metrics(people)
