@@ -108,6 +108,7 @@ class Mover:
                 await asyncio.to_thread(os.unlink, path)
         if status in (200, 201):
             await self._finish(tid, target)
+            node.retired.append(runner.client)
             log.info(
                 "moved to node {} in {:.2f}s ({} rows)",
                 target,

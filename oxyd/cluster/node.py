@@ -30,6 +30,10 @@ class Node:
     # peer has them): requests for them answer 503 tenant_moving, never a second copy.
     moving: set[str] = field(default_factory=set)
     importing: set[str] = field(default_factory=set)
+    # Engine clients of tenants moved away, kept for the life of the process: a neonize
+    # client object stops its Go client (by uuid) when collected, which would kill a new
+    # client of the same tenant should it ever move back here (neonize-notes hazard 3).
+    retired: list[Any] = field(default_factory=list)
     mover: Any = None
 
     def owner(self, tenant_id: str) -> int:
