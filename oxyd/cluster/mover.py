@@ -154,6 +154,8 @@ class Mover:
             return 0  # still stopped here; asked again next pass
         if status == 200 and body.get("held"):
             await self._finish(tid, target)
+            if runner is not None:
+                self.node.retired.append(runner.client)
             logger.bind(tenant=tid).info("move to node {} confirmed", target)
             return 1
         if status == 200 and body.get("moving"):
