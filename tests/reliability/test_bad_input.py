@@ -184,6 +184,7 @@ def _check_data_dir(data: Path) -> None:
         "backups",
         "admin.token",
         "canary-inside",
+        "cluster",  # archives in flight (PUT /v1/tenants/{id}/archive stages its body here)
     }
     extra = {p.name for p in data.iterdir()} - allowed
     assert not extra, f"unexpected files in the data directory: {extra}"
