@@ -131,11 +131,19 @@ class SendConfig:
     rate_per_min: float = 20.0
     burst: int = 5
     max_media_bytes: int = 16_777_216
+    queue_max: int = 1000
+    queue_max_age_s: float = 86400.0
+    max_attempts: int = 10
+    timeout_s: float = 60.0
 
     def validate(self, p: str) -> None:
         _check(self.rate_per_min > 0, f"{p}.rate_per_min", "must be positive")
         _check(self.burst >= 1, f"{p}.burst", "must be at least 1")
         _check(self.max_media_bytes >= 1, f"{p}.max_media_bytes", "must be positive")
+        _check(self.queue_max >= 1, f"{p}.queue_max", "must be at least 1")
+        _check(self.max_attempts >= 1, f"{p}.max_attempts", "must be at least 1")
+        for name in ("queue_max_age_s", "timeout_s"):
+            _check(getattr(self, name) > 0, f"{p}.{name}", "must be a positive number of seconds")
 
 
 @dataclass(frozen=True)

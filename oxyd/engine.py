@@ -9,10 +9,10 @@ reports them, so the supervisor has one place where it learns about a session.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from oxyd.model import ContactName, Event, Group, LookupResult, Message, Participant, Picture
+from oxyd.model import ContactName, Event, Group, LookupResult, Participant, Picture
+from oxyd.outgoing import Outgoing, SendResult
 
 Sink = Callable[[Event], None]
 
@@ -34,13 +34,15 @@ class Refused(EngineError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundMedia:
-    type: str  # image | video | audio | document
-    data: bytes
-    caption: str | None = None
-    filename: str | None = None
-    mime: str | None = None
+class SendRejected(EngineError):
+    """WhatsApp will never accept this message (retrying cannot help): the queued message
+    fails with `code` (invalid_recipient, not_on_whatsapp, media_too_large, invalid_message)."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        if message is None:  # rebuilt from its text (an engine host sends "code: message")
+            code, _, message = code.partition(": ")
+        super().__init__(f"{code}: {message}")
+        self.code = code
 
 
 @runtime_checkable
@@ -60,8 +62,19 @@ class Client(Protocol):
         """Cheap liveness check of the running session."""
         ...
 
-    async def send(self, to: str, text: str | None, media: OutboundMedia | None) -> Message:
-        """Send a message; returns it as sent (WhatsApp's id and time). Raises NotConnected."""
+    async def send(self, out: Outgoing) -> SendResult:
+        """Send one queued message with the id chosen at queue time (a resend after a crash
+        reuses it). Raises NotConnected or EngineError (transient: retried) or SendRejected
+        (terminal: the message fails)."""
+        ...
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
+        """Send read receipts for these received messages of one chat (sender: the group
+        member who sent them; None in a 1:1 chat). Raises NotConnected."""
+        ...
+
+    async def chat_presence(self, chat: str, state: str) -> None:
+        """Chat presence: composing, recording or paused. Raises NotConnected."""
         ...
 
     async def download_media(self, ref: str, dest: str, max_bytes: int) -> dict:

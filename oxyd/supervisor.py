@@ -20,10 +20,11 @@ from oxyd import datadir
 from oxyd import model as m
 from oxyd.clock import Clock
 from oxyd.config import Config
-from oxyd.engine import Engine, NotConnected, OutboundMedia
+from oxyd.engine import Engine
 from oxyd.model import IDLE, PARKED, State
 from oxyd.ratelimit import TokenBucket
 from oxyd.runner import ACTIONS, Runner
+from oxyd.sender import Sender
 from oxyd.store import faults, outbox
 from oxyd.store.db import Store
 from oxyd.store.writer import Writer
@@ -90,6 +91,7 @@ class Supervisor:
         # fields added to every tenant object ("node").
         self.skip: Callable[[str], bool] = lambda tenant_id: False
         self.extra_fields: dict[str, Any] = {}
+        self.sending = Sender(self)
 
     # ---- lifecycle ----
 
@@ -127,6 +129,7 @@ class Supervisor:
             self.runners[t.id] = runner
             runner.spawn("restore")
         self.running = True
+        await self.sending.start()
         logger.info(
             "restoring {} tenants ({} parked, {} stopped, {} new)",
             len(rows),
@@ -139,6 +142,7 @@ class Supervisor:
         """Cancel every tenant task and stop every client, without persisting "stopped": the
         next start restores each tenant to what it was doing."""
         self.running = False
+        await self.sending.stop()
         if self._saver is not None:
             self._saver.cancel()
         runners = list(self.runners.values())
@@ -251,6 +255,7 @@ class Supervisor:
         else:
             if rows:
                 self.kick()
+        self.sending.state_changed(t.id)
         self.publish({"type": "state", "tenant": t.id, "data": data})
 
     def _defer_state(self, r: Runner, rows: list, e: Exception) -> None:
@@ -373,6 +378,7 @@ class Supervisor:
                 r.log.warning("logout during removal failed: {}", e)
             await r.client.stop()
             await r.client.remove()
+            await self.sending.forget(tenant_id)
             self.runners.pop(tenant_id, None)
             self._restart_buckets.pop(tenant_id, None)
             self.subs.remove_tenant(tenant_id)
@@ -477,22 +483,6 @@ class Supervisor:
                 r.log.warning("settings saved; the client could not apply them now: {}", e)
         self.publish({"type": "state", "tenant": tenant_id, "data": self.tenant_json(r)})
         return self.tenant_json(r)
-
-    async def send(
-        self, tenant_id: str, to: str, text: str | None, media: OutboundMedia | None
-    ) -> dict[str, Any]:
-        r = self.runner(tenant_id)
-        if r.t.state is not State.CONNECTED:
-            raise TenantError("not_connected", f"tenant is {r.t.state}, not connected")
-        wait_s = r.bucket.take()
-        if wait_s > 0:
-            raise RateLimited(wait_s)
-        try:
-            msg = await r.client.send(to, text, media)
-        except NotConnected as e:
-            raise TenantError("not_connected", str(e) or "tenant is not connected") from e
-        await self.writer.put(tenant_id, msg, sent=True)
-        return {"id": msg.wa_id, "chat": msg.chat, "sent_at_ms": msg.sent_at_ms}
 
     async def simulate(self, tenant_id: str, action: dict[str, Any]) -> dict[str, Any]:
         r = self.runner(tenant_id)

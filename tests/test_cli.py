@@ -109,7 +109,9 @@ def test_add_list_send_remove(daemon):
     r = cli(daemon, "tenant", "stop", "shop", token=TOKEN)
     assert r.returncode == 0 and "stopped" in r.stdout
     r = cli(daemon, "send", "shop", "15551234567", "x", token=TOKEN)
-    assert r.returncode == 6 and "not_connected" in r.stderr
+    assert r.returncode == 0 and r.stdout.startswith("queued ")  # queued while stopped
+    r = cli(daemon, "send", "shop", "15551234567", "--location", "x", token=TOKEN)
+    assert r.returncode == 2 and "LAT,LNG" in r.stderr
     r = cli(daemon, "tenant", "remove", "shop", "--purge", token=TOKEN)
     assert r.returncode == 0, r.stderr
     r = cli(daemon, "tenant", "show", "shop", token=TOKEN)

@@ -32,6 +32,9 @@ BODIES = {
     ("POST", "/v1/tenants/{id}/lookup"): {"phones": ["15550001111"]},
     ("POST", "/v1/tenants/{id}/groups"): {"subject": "s", "participants": ["15550001111"]},
     ("POST", "/v1/tenants/{id}/groups/join"): {"invite": "AbCdEfGhIjKlMnOp"},
+    ("PATCH", "/v1/tenants/{id}/messages/{msg_id}"): {"text": "edited"},
+    ("POST", "/v1/tenants/{id}/messages/{msg_id}/reaction"): {"emoji": "👍"},
+    ("POST", "/v1/tenants/{id}/chats/{chat}/presence"): {"state": "composing"},
     ("POST", "/v1/tenants/{id}/groups/{jid}/participants"): {
         "action": "add",
         "participants": ["15550002222"],
@@ -41,7 +44,7 @@ GROUP = "120363000000000001@g.us"
 # A JID in the path: a group for the group routes, a number for the contact routes.
 JIDS = {"groups": GROUP, "contacts": "15550001111"}
 # Other path parameters: values of the right shape for resources that may not exist.
-PARAMS = {"{sha256}": "0" * 64, "{msg_id}": "3EB0000000000000000000"}
+PARAMS = {"{sha256}": "0" * 64, "{msg_id}": "3EB0000000000000000000", "{chat}": "15550001111"}
 
 
 @pytest.fixture

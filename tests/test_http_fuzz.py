@@ -211,7 +211,7 @@ async def test_schemathesis_against_live_server(tmp_path, monkeypatch):
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         await h.add("sim1")
-        failures = await asyncio.to_thread(_schemathesis, f"http://127.0.0.1:{port}", 50)
+        failures = await asyncio.to_thread(_schemathesis, f"http://127.0.0.1:{port}", 240)
         assert not failures, "\n\n".join(failures)
     finally:
         await runner.cleanup()

@@ -17,8 +17,9 @@ from helpers import until
 from neonize_fakes import DelayProxy
 
 from oxyd import model
-from oxyd.engine import Client, Engine, EngineError, NotConnected
+from oxyd.engine import Client, Engine, EngineError, NotConnected, SendRejected
 from oxyd.neonize.engine import Gate, NeonizeEngine, import_neonize, read_device
+from oxyd.outgoing import Outgoing, new_wa_id
 
 import_neonize()  # before anything else touches neonize (see its docstring)
 npb = pytest.importorskip("neonize.proto.Neonize_pb2")
@@ -159,7 +160,7 @@ async def test_offline_connect_reports_client_dead(tmp_path, tid, proxy):
     assert "Bad Gateway" in dead.error and proxy.connects >= 1  # dialled through the proxy
     assert not await client.heartbeat()
     with pytest.raises(NotConnected):
-        await client.send("4915111111111", "hi", None)
+        await client.send(Outgoing(new_wa_id(), ANN, "text", {"text": "hi"}))
     # The real whatsmeow schema now exists and holds no device.
     assert client.store_path.exists() and read_device(client.store_path) is None
     await client.stop()
@@ -168,12 +169,12 @@ async def test_offline_connect_reports_client_dead(tmp_path, tid, proxy):
 
 async def test_send_validates_before_touching_neonize(tmp_path, tid):
     client = NeonizeEngine(tmp_path).client(tid, lambda ev: None)
-    with pytest.raises(EngineError, match="recipient"):
-        await client.send("+49 151", "hi", None)
-    with pytest.raises(EngineError, match="recipient"):
-        await client.send("../etc/passwd", "hi", None)
+    for bad in ("4915111", "../etc/passwd", "@s.whatsapp.net"):
+        with pytest.raises(SendRejected) as e:
+            await client.send(Outgoing(new_wa_id(), bad, "text", {"text": "hi"}))
+        assert e.value.code == "invalid_recipient"
     with pytest.raises(NotConnected):
-        await client.send("120363000000000001@g.us", "hi", None)
+        await client.send(Outgoing(new_wa_id(), "120363000000000001@g.us", "text", {"text": "x"}))
 
 
 async def cycle(client, got, cycles: int):

@@ -16,9 +16,10 @@ from helpers import until
 from neonize_fakes import DelayProxy, feeding_host_argv, install_store, make_template
 
 from oxyd import model
-from oxyd.engine import EngineError, NotConnected
+from oxyd.engine import EngineError, NotConnected, SendRejected
 from oxyd.neonize import wire
 from oxyd.neonize.pool import HostPool
+from oxyd.outgoing import Outgoing, new_wa_id
 
 # Not imported here (the hosts import it): its import leaks a pipe that pytest would flag.
 if importlib.util.find_spec("neonize") is None:
@@ -84,7 +85,10 @@ async def test_hosts_connect_in_parallel_report_failures_and_forward_methods(
         assert await clients[0].device() == ("15550001234@s.whatsapp.net", "Fake")
         assert await clients[0].heartbeat() is False
         with pytest.raises(NotConnected):  # the same exception type as in-process
-            await clients[1].send("4915111111111", "hi", None)
+            await clients[1].send(Outgoing(new_wa_id(), "4915111111111@s.whatsapp.net", "text"))
+        with pytest.raises(SendRejected) as rejected:  # keeps its type and code across
+            await clients[1].send(Outgoing(new_wa_id(), "nobody", "text"))
+        assert rejected.value.code == "invalid_recipient"
         with pytest.raises(AttributeError):
             clients[0].simulate  # noqa: B018 - not a NeonizeClient method: not forwarded
         await asyncio.gather(*(c.connect() for c in clients))

@@ -398,23 +398,6 @@ async def test_restore_brings_back_paired_tenants_and_leaves_parked_ones(tmp_pat
         await oxyd_app.stop(app)
 
 
-async def test_send_rate_limit_and_not_connected(env):
-    app, clock = env
-    await add_connected(app)
-    from oxyd.supervisor import RateLimited, TenantError
-
-    for _ in range(5):  # burst
-        await app.supervisor.send("t1", "123456", "hi", None)
-    with pytest.raises(RateLimited) as e:
-        await app.supervisor.send("t1", "123456", "hi", None)
-    assert 0 < e.value.retry_after_s <= 3.0
-    await advance(clock, 3.1)
-    await app.supervisor.send("t1", "123456", "hi", None)
-    await app.supervisor.stop_tenant("t1")
-    with pytest.raises(TenantError, match="not connected"):
-        await app.supervisor.send("t1", "123456", "hi", None)
-
-
 async def test_unknown_simulate_action_is_an_error(env):
     app, _ = env
     await add_connected(app)

@@ -1,4 +1,5 @@
-"""`oxyd tenant|pair|send|token`: the CLI that talks to a running daemon over its control port.
+"""`oxyd tenant|pair|send|token`: the CLI that talks to a running daemon over its control port
+(`send` is in send.py).
 
 The CLI runs no event loop, so plain blocking urllib is right here. Exit codes, for scripts:
 0 ok, 1 error, 2 usage (argparse), 3 not found, 4 unauthorized or forbidden,
@@ -80,7 +81,13 @@ class Api:
         self.url, self.token = url, token
 
     def call(
-        self, method: str, path: str, body: dict | None = None, query: dict | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        query: dict | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = TIMEOUT_S,
     ) -> Any:
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
@@ -92,10 +99,11 @@ class Api:
                 "Authorization": f"Bearer {self.token}",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
+                **(headers or {}),
             },
         )
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise _api_error(e) from None
@@ -171,14 +179,6 @@ def cmd_tenant(args: argparse.Namespace, api: Api) -> int:
     else:  # start, stop, restart
         t = api.call("POST", f"/v1/tenants/{_quote(tid)}/{action}")
         _emit(args, t, f"{tid}: {t['state']}")
-    return EXIT_OK
-
-
-def cmd_send(args: argparse.Namespace, api: Api) -> int:
-    out = api.call(
-        "POST", f"/v1/tenants/{_quote(args.id)}/messages", {"to": args.to, "text": args.text}
-    )
-    _emit(args, out, f"sent {out['id']} to {out.get('chat', args.to)}")
     return EXIT_OK
 
 
@@ -286,11 +286,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pair.add_argument("--timeout", type=float, default=300.0, help="seconds to wait [300]")
     pair.set_defaults(handler=_run(cmd_pair))
 
-    send = sub.add_parser("send", parents=[common], help="send a text message")
-    send.add_argument("id")
-    send.add_argument("to", help="phone number in international format, or a JID")
-    send.add_argument("text")
-    send.set_defaults(handler=_run(cmd_send))
+    from oxyd.cli import send  # it builds on this module's Api
+
+    send.register(sub, common, _run)
 
     token = sub.add_parser("token", parents=[common], help="create a tenant token (shown once)")
     token.add_argument("id")

@@ -39,6 +39,9 @@ SIM_ACTIONS = (
     "call",
     "server",
     "identity",
+    "offline",
+    "online",
+    "sent_log",
 )
 
 ERROR_TEXT = {
@@ -410,21 +413,6 @@ def paths() -> dict[str, Any]:
             )
         },
         "/v1/tenants/{id}/messages": {
-            "post": _op(
-                "Send a text (or media)",
-                202,
-                _json(_obj({"id": STR, "chat": STR, "sent_at_ms": INT}, ("id",))),
-                (409, 429),
-                body=_obj(
-                    {
-                        "to": {"type": "string", "pattern": TO_PATTERN},
-                        "text": {"type": ["string", "null"], "maxLength": 65536},
-                        "media": {"anyOf": [_ref("Media"), {"type": "null"}]},
-                    },
-                    ("to",),
-                    closed=True,
-                ),
-            ),
             "get": _op(
                 "Messages, newest first",
                 200,
@@ -605,11 +593,20 @@ def paths() -> dict[str, Any]:
     }
 
 
+def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        for path, ops in part.items():
+            out.setdefault(path, {}).update(ops)
+    return out
+
+
 def document() -> dict[str, Any]:
-    from oxyd.http import openapi_people  # it builds on the helpers above
+    from oxyd.http import openapi_people, sending_doc  # they build on the helpers above
 
     doc_paths, schemas = paths(), dict(SCHEMAS)
     openapi_people.extend(doc_paths, schemas)
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -618,7 +615,7 @@ def document() -> dict[str, Any]:
             "description": "Many WhatsApp sessions, one daemon. Errors are always "
             '{"error": {"code", "message"}}. Authorization: Bearer <admin or tenant token>.',
         },
-        "paths": doc_paths,
+        "paths": _merged(doc_paths, sending_doc.paths()),
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -23,6 +23,7 @@ from oxyd.http import (
     routes_archive,
     routes_data,
     routes_webhook,
+    sending,
     settings,
 )
 from oxyd.http.access import auth
@@ -56,6 +57,7 @@ def make_app(app: App) -> web.Application:
     web_app.add_routes(media.table)
     web_app.add_routes(settings.table)
     people.setup(web_app)
+    web_app.add_routes(sending.table)
     web_app.add_routes(metrics.table)
     web_app.add_routes(openapi.table)
     web_app.add_routes(routes_archive.table)

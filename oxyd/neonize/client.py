@@ -10,14 +10,13 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
+from oxyd.engine import EngineError, NotConnected, Sink
 from oxyd.model import (
     ClientOutdated,
     Connected,
     ConnectFailure,
     Event,
     LoggedOut,
-    Message,
     StreamReplaced,
     TemporaryBan,
 )
@@ -27,6 +26,7 @@ from oxyd.neonize.device import check_store
 from oxyd.neonize.pair import PairingRun
 from oxyd.neonize.people import EVENT_NAMES as PEOPLE_EVENTS
 from oxyd.neonize.people import PeopleMixin
+from oxyd.outgoing import Outgoing, SendResult
 from oxyd.proxy import proxy_error
 
 if TYPE_CHECKING:
@@ -411,77 +411,72 @@ class NeonizeClient(PeopleMixin):
     ) -> str:
         raise EngineError(nmedia.NO_MEDIA_RETRY)
 
-    # ---- sending ----
+    # ---- sending (the messages are built in oxyd/neonize/sending.py) ----
 
-    async def send(self, to: str, text: str | None, media: OutboundMedia | None) -> Message:
-        user, server = recipient_jid(to)
-        if not text and media is None:
-            raise EngineError("nothing to send")
-        if media is not None and media.type not in _MEDIA_TYPES:
-            raise EngineError(f"unsupported media type {media.type!r}")
+    @property
+    def own_jid(self) -> str | None:
+        return self._own_jid
+
+    async def send(self, out: Outgoing) -> SendResult:
+        """neonize 0.5.2's SendMessage export cannot take our id (whatsmeow generates one),
+        so a resend after a crash between Go's answer and our commit is a second message;
+        the result carries WhatsApp's id."""
+        from oxyd.neonize import sending
+
+        to = sending.jid(out.chat)
         if not self.running:
             raise NotConnected("not connected")
-        from neonize.proto import Neonize_pb2 as npb
-
-        jid = npb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+        msg = await sending.build(self, out)
         async with self.engine.gate.shared():
             if not self.running or not await self._nc.is_logged_in:
                 raise NotConnected("not connected")
             try:
-                body = await self._build(text, media)
-                resp = await self._nc.send_message(jid, body)
-            except EngineError:
+                if msg is None:
+                    msg = await sending.build_in_go(self._nc, out, self._own_jid)
+                resp = await self._nc.send_message(to, msg)
+            except (EngineError, NotConnected):
                 raise
             except Exception as e:
-                raise EngineError(f"send failed: {e}") from e
-        sent_at_ms = tr.to_ms(resp.Timestamp) or self.engine.clock.now_ms()
-        own = self._own_jid or ""
-        info = npb.MessageInfo(
-            ID=resp.ID,
-            Timestamp=sent_at_ms,
-            MessageSource=npb.MessageSource(
-                Chat=jid,
-                Sender=npb.JID(
-                    User=own.split("@")[0], Server=own.rsplit("@", 1)[-1] if own else ""
-                ),
-                IsFromMe=True,
-                IsGroup=server == "g.us",
-            ),
-        )
-        ev = npb.Message(Info=info, Message=body)
-        msg = tr.message_from_event(ev, own_jid=self._own_jid)
-        if msg is None:
-            raise EngineError("sent an empty message")
-        return msg
+                raise sending.classify(e) from e
+        return SendResult(resp.ID, tr.to_ms(resp.Timestamp) or self.engine.clock.now_ms())
 
-    async def _build(self, text: str | None, media: OutboundMedia | None) -> Any:
-        """The waE2E message for a send. Media always comes as bytes (never a path or URL given
-        by a client); audio and video skip neonize's builders because those need ffmpeg."""
-        from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
-        from neonize.utils.enum import MediaType
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
+        from neonize.utils.enum import ReceiptType
 
-        nc = self._nc
-        if media is None:
-            return e2e.Message(conversation=text)
-        data = bytes(media.data)
-        caption = media.caption or text or None
-        if media.type == "image":
-            return await nc.build_image_message(data, caption)
-        if media.type == "document":
-            return await nc.build_document_message(
-                data, caption, filename=media.filename, mimetype=media.mime
-            )
-        up = await nc.upload(data, MediaType(_MEDIA_TYPES[media.type]))
-        common = dict(
-            URL=up.url,
-            directPath=up.DirectPath,
-            fileEncSHA256=up.FileEncSHA256,
-            fileLength=up.FileLength,
-            fileSHA256=up.FileSHA256,
-            mediaKey=up.MediaKey,
-        )
-        if media.type == "audio":
-            mime = media.mime or "audio/ogg; codecs=opus"
-            return e2e.Message(audioMessage=e2e.AudioMessage(mimetype=mime, PTT=False, **common))
-        mime = media.mime or "video/mp4"
-        return e2e.Message(videoMessage=e2e.VideoMessage(mimetype=mime, caption=caption, **common))
+        from oxyd.neonize import sending
+
+        async with self.engine.gate.shared():
+            if not self.running:
+                raise NotConnected("not connected")
+            try:
+                await self._nc.mark_read(
+                    *ids,
+                    chat=sending.jid(chat),
+                    sender=sending.jid(sender or chat),
+                    receipt=ReceiptType.READ,
+                )
+            except Exception as e:
+                raise EngineError(f"mark read failed: {e}") from e
+
+    async def chat_presence(self, chat: str, state: str) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+        from oxyd.neonize import sending
+
+        typing = state != "paused"
+        media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
+        if state != "recording":
+            media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+        async with self.engine.gate.shared():
+            if not self.running:
+                raise NotConnected("not connected")
+            try:
+                await self._nc.send_chat_presence(
+                    sending.jid(chat),
+                    ChatPresence.CHAT_PRESENCE_COMPOSING
+                    if typing
+                    else ChatPresence.CHAT_PRESENCE_PAUSED,
+                    media,
+                )
+            except Exception as e:
+                raise EngineError(f"presence failed: {e}") from e

@@ -19,8 +19,10 @@ from oxyd import datadir
 from oxyd import model as m
 from oxyd.clock import Clock
 from oxyd.config import SimulatorConfig
-from oxyd.engine import EngineError, NotConnected, OutboundMedia, Sink
+from oxyd.engine import EngineError, NotConnected, Sink
+from oxyd.outgoing import Outgoing, SendResult
 from oxyd.simulator import media as sim_media
+from oxyd.simulator import sending
 from oxyd.simulator.actions import SimulationError
 from oxyd.simulator.actions import field as _field
 from oxyd.simulator.people import PEOPLE_ACTIONS, PeopleMixin
@@ -80,6 +82,11 @@ class SimulatorClient(PeopleMixin):
         self._tasks: set[asyncio.Task] = set()
         self._session = 0  # bumped by stop(): timers of an old session never emit
         self._people_init()
+        self.sent_log = sending.SentLog(self.path.parent / sending.SENT_LOG)
+        self.offline = False
+        self.reconnect_pending = False
+        self.read_marks: list[dict[str, Any]] = []
+        self.presences: list[dict[str, Any]] = []
 
     # ---- device store ----
 
@@ -128,6 +135,9 @@ class SimulatorClient(PeopleMixin):
             self.fail_connects -= 1
             self.sink(m.ConnectFailure(503, "simulated connect failure"))
             return
+        if self.offline:
+            self.reconnect_pending = True  # the network is down: connects once it is back
+            return
         self.connected, self.stalled = True, False
         dev = self._device or {}
         self.sink(m.Connected(dev.get("jid"), dev.get("push_name")))
@@ -151,34 +161,14 @@ class SimulatorClient(PeopleMixin):
     async def heartbeat(self) -> bool:
         return self.connected and not self.stalled
 
-    async def send(self, to: str, text: str | None, media: OutboundMedia | None) -> m.Message:
-        if not self.connected or self.stalled:
-            raise NotConnected("simulated client is not connected")
-        dev = await self._load()
-        chat = _jid(to)
-        kind = "text" if media is None else media.type
-        msg = m.Message(
-            wa_id=self.engine.wa_id(),
-            chat=chat,
-            sender=dev["jid"],
-            from_me=True,
-            sent_at_ms=self.engine.clock.now_ms(),
-            kind=kind,
-            text=text if media is None else media.caption,
-            push_name=dev.get("push_name"),
-            media=None
-            if media is None
-            else m.Media(mime=media.mime, size_bytes=len(media.data), filename=media.filename),
-        )
-        self.sent_chats[msg.wa_id] = chat
-        # The recipient's phone acknowledges shortly after, as WhatsApp does.
-        self._later(
-            0,
-            lambda: self.sink(
-                m.Receipt(chat, chat, (msg.wa_id,), "delivered", self.engine.clock.now_ms())
-            ),
-        )
-        return msg
+    async def send(self, out: Outgoing) -> SendResult:
+        return await sending.send(self, out)
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
+        await sending.mark_read(self, chat, ids, sender)
+
+    async def chat_presence(self, chat: str, state: str) -> None:
+        await sending.presence(self, chat, state)
 
     async def download_media(self, ref: str, dest: str, max_bytes: int) -> dict:
         self._require_connected()
@@ -216,7 +206,7 @@ class SimulatorClient(PeopleMixin):
 
     async def stop(self) -> None:
         self._session += 1
-        self.connected = self.stalled = False
+        self.connected = self.stalled = self.reconnect_pending = False
         for t in list(self._tasks):
             t.cancel()
         self._tasks.clear()
@@ -438,4 +428,5 @@ _ACTIONS = {
     "outdated": (set(), SimulatorClient._a_outdated),
     "history": ({"chats", "messages"}, SimulatorClient._a_history),
     **PEOPLE_ACTIONS,
+    **sending.ACTIONS,
 }

@@ -293,6 +293,8 @@ class Store:
                     "history_syncs",
                     "media",
                     "lid_map",
+                    "outgoing",
+                    "idempotency_keys",
                 ):
                     await db.execute(f"DELETE FROM {table} WHERE tenant=?", (tenant_id,))
 

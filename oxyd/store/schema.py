@@ -248,6 +248,40 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE webhooks ADD COLUMN guarded INTEGER NOT NULL DEFAULT 0;
     """,
+    # v6: the outgoing queue (design §12) and the Idempotency-Key answers
+    """
+    -- seq is the queue order, id the WhatsApp id chosen at queue time (the API id).
+    CREATE TABLE outgoing (
+        seq           INTEGER PRIMARY KEY,
+        tenant        TEXT NOT NULL,
+        id            TEXT NOT NULL,
+        wa_id         TEXT,
+        chat          TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        body          TEXT NOT NULL,
+        data          BLOB,
+        status        TEXT NOT NULL,
+        error         TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        queued_at_ms  INTEGER NOT NULL,
+        sent_at_ms    INTEGER,
+        done_at_ms    INTEGER,
+        UNIQUE (tenant, id)
+    );
+    CREATE INDEX outgoing_queue ON outgoing(tenant, status, seq);
+    CREATE INDEX outgoing_done ON outgoing(done_at_ms) WHERE done_at_ms IS NOT NULL;
+
+    CREATE TABLE idempotency_keys (
+        tenant        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        request_hash  TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        response      TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_age ON idempotency_keys(created_at_ms);
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
