@@ -22,7 +22,7 @@ from oxyd.config import MediaConfig
 from oxyd.engine import Client, EngineError, NotConnected
 from oxyd.media import files
 from oxyd.store import outbox
-from oxyd.store.media import FAILED, PENDING, SKIPPED, STORED, Job, MediaTable
+from oxyd.store.media import FAILED, PENDING, SKIPPED, STORED, Job, MediaTable, Outcome
 
 MIB = 1 << 20
 PAGE = 200  # rows loaded per tenant at a time: memory stays bounded with any backlog
@@ -66,6 +66,8 @@ class Downloads:
         self._quota_alerted: set[str] = set()
         self._loop_task: asyncio.Task | None = None
         self._partial_dirs: set[str] = set()
+        self._finishing: list[tuple[Outcome, asyncio.Future]] = []
+        self._finisher: asyncio.Task | None = None
 
     # ---- lifecycle ----
 
@@ -83,6 +85,8 @@ class Downloads:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._finisher is not None:  # outcomes already decided are still written
+            await asyncio.gather(self._finisher, return_exceptions=True)
         self._loop_task = None
 
     def wake(self) -> None:
@@ -378,9 +382,7 @@ class Downloads:
         size: int | None = None,
         count: bool = True,
     ) -> None:
-        await self.table.finish(
-            job, status, self.clock.now_ms(), reason=reason, sha256=sha256, size=size
-        )
+        await self._finish(Outcome(job, status, reason, sha256, size))
         self._known.discard(job.id)
         if count:
             self.results[status] += 1
@@ -388,6 +390,28 @@ class Downloads:
             logger.bind(tenant=job.tenant).warning("media of {} failed: {}", job.wa_id, reason)
         if status in (STORED, FAILED):
             self.kick()
+
+    async def _finish(self, outcome: Outcome) -> None:
+        """Group commit: outcomes that arrive while a transaction runs go in the next one."""
+        fut = asyncio.get_running_loop().create_future()
+        self._finishing.append((outcome, fut))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._flush_finishes(), name="oxyd-media-done")
+        await asyncio.shield(fut)
+
+    async def _flush_finishes(self) -> None:
+        while self._finishing:
+            batch, self._finishing = self._finishing, []
+            try:
+                await self.table.finish_many([o for o, _ in batch], self.clock.now_ms())
+            except Exception as e:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
 
     def _quota_bytes(self) -> int:
         return int(self.cfg.quota_mb * MIB)

@@ -49,6 +49,15 @@ class Job:
     sent_at_ms: int
 
 
+@dataclass(slots=True)
+class Outcome:
+    job: Job
+    status: str
+    reason: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+
 def _job(row: tuple) -> Job:
     j = Job(*row)
     j.from_me, j.reuploaded = bool(j.from_me), bool(j.reuploaded)
@@ -211,37 +220,51 @@ class MediaTable:
     ) -> dict[str, Any] | None:
         """A final outcome: stored, failed (for good) or skipped. Returns the message object
         (for the `message.media` webhook, also queued here)."""
+        return (await self.finish_many([Outcome(job, status, reason, sha256, size)], now_ms))[0]
 
-        def apply(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            conn.execute(
-                "UPDATE media SET status=?, reason=?, sha256=coalesce(?, sha256),"
-                " size=coalesce(?, size), done_at_ms=?, attempts=? WHERE id=?",
-                (status, reason, sha256, size, now_ms, job.attempts, job.id),
-            )
-            link = url(job.tenant, sha256) if status == STORED and sha256 else None
-            conn.execute(
-                "UPDATE messages SET media=json_set(coalesce(media, '{}'), '$.status', ?,"
-                " '$.reason', ?, '$.url', ?,"
-                " '$.sha256', coalesce(?, json_extract(media, '$.sha256')),"
-                " '$.size', coalesce(?, json_extract(media, '$.size')))"
-                " WHERE tenant=? AND chat=? AND sender=? AND wa_id=?",
-                (status, reason, link, sha256, size, job.tenant, job.chat, job.sender, job.wa_id),
-            )
-            row = conn.execute(
-                f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=? AND sender=?"
-                " AND wa_id=?",
-                (job.tenant, job.chat, job.sender, job.wa_id),
-            ).fetchone()
-            if row is None:
-                return None  # the message was pruned meanwhile
-            msg = message_json(row)
-            if status in (STORED, FAILED):
-                rows = outbox.rows(self.subs, job.tenant, "message.media", msg, now_ms)
-                if rows:
-                    conn.executemany(OUTBOX_INSERT, rows)
-            return msg
+    async def finish_many(
+        self, outcomes: list[Outcome], now_ms: int
+    ) -> list[dict[str, Any] | None]:
+        """Several outcomes in ONE transaction (the downloader's group commit: a write
+        transaction per file was most of a small file's cost)."""
+
+        def apply(conn: sqlite3.Connection) -> list[dict[str, Any] | None]:
+            return [self._apply_outcome(conn, o, now_ms) for o in outcomes]
 
         return await self.store.run_tx(apply)
+
+    def _apply_outcome(
+        self, conn: sqlite3.Connection, o: Outcome, now_ms: int
+    ) -> dict[str, Any] | None:
+        job, status, reason, sha256, size = o.job, o.status, o.reason, o.sha256, o.size
+        conn.execute(
+            "UPDATE media SET status=?, reason=?, sha256=coalesce(?, sha256),"
+            " size=coalesce(?, size), done_at_ms=?, attempts=? WHERE id=?",
+            (status, reason, sha256, size, now_ms, job.attempts, job.id),
+        )
+        link = url(job.tenant, sha256) if status == STORED and sha256 else None
+        conn.execute(
+            "UPDATE messages SET media=json_set(coalesce(media, '{}'), '$.status', ?,"
+            " '$.reason', ?, '$.url', ?,"
+            " '$.sha256', coalesce(?, json_extract(media, '$.sha256')),"
+            " '$.size', coalesce(?, json_extract(media, '$.size')))"
+            " WHERE tenant=? AND chat=? AND sender=? AND wa_id=?",
+            (status, reason, link, sha256, size, job.tenant, job.chat, job.sender, job.wa_id),
+        )
+        if status not in (STORED, FAILED) or not self.subs.wants(job.tenant, "message.media"):
+            return None
+        row = conn.execute(
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE tenant=? AND chat=? AND sender=?"
+            " AND wa_id=?",
+            (job.tenant, job.chat, job.sender, job.wa_id),
+        ).fetchone()
+        if row is None:
+            return None  # the message was pruned meanwhile
+        msg = message_json(row)
+        rows = outbox.rows(self.subs, job.tenant, "message.media", msg, now_ms)
+        if rows:
+            conn.executemany(OUTBOX_INSERT, rows)
+        return msg
 
     async def reschedule(
         self, job: Job, *, next_attempt_ms: int, reason: str | None, ref: str | None = None
