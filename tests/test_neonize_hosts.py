@@ -103,6 +103,9 @@ async def test_hosts_connect_in_parallel_report_failures_and_forward_methods(
         assert [r["pid"] for r in res] == pids and all(r["open_fds"] > 0 for r in res)
         for c in clients:
             await c.stop()
+        await clients[0].remove()  # a removed tenant frees its place
+        assert sorted(len(h.tenants) for h in pool.hosts) == [1, 2]
+        assert await pool.client("t9", lambda e: None).heartbeat() is False
     finally:
         assert await pool.close()
     await until(lambda: not any(alive(p) for p in pids), 10, "hosts gone")

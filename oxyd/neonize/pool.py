@@ -272,6 +272,9 @@ class HostedClient:
             result = await self._on_host(method, args, kwargs)
             if method in _OPENS:
                 self.open.add(_OPENS[method])
+            elif method == "remove" and self.host is not None:
+                self.host.tenants.discard(self.tenant_id)  # its place goes to the next tenant
+                self.host = None
             return result
 
     async def _on_host(self, method: str, args: Any, kwargs: Any) -> Any:
