@@ -1,7 +1,11 @@
 """A state write that fails for a moment (disk full) does not kill a healthy session."""
 
+import asyncio
+import shutil
 import sqlite3
+import subprocess
 
+import pytest
 from helpers import until
 from http_helpers import Harness
 
@@ -70,3 +74,58 @@ async def test_broken_clears_once_dead_tenant_tasks_run_again(tmp_path, monkeypa
         assert resp.status == 200
     finally:
         await hx.close()
+
+
+async def test_a_real_disk_full_window_during_state_writes(tmp_path, monkeypatch):
+    """The data directory on a small tmpfs, filled to the last byte while the tenant's
+    connection drops and comes back: the session survives, then the state reaches the disk."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a size-limited file system")
+    r = await asyncio.to_thread(
+        subprocess.run,
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()})")
+    hx = None
+    try:
+        hx = await Harness.start(mnt, monkeypatch, OXYD_SIMULATOR_CONNECT_LATENCY_MS="20")
+        await hx.add("a")
+        sup, store = hx.app.supervisor, hx.app.store
+        r_a = sup.runners["a"]
+        history_before = len(await store.state_history("a"))
+        filler = mnt / "filler"
+
+        def fill() -> None:
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass  # ENOSPC: the disk is full
+
+        await asyncio.to_thread(fill)
+        resp = await hx.req("POST", "/v1/tenants/a/simulate", json={"action": "disconnect"})
+        assert resp.status == 202
+        await until(lambda: sup.reconnects["a"] >= 1, 10, "the library reconnecting")
+        await until(lambda: sup.unsaved_states == 1, 10, "the state write failing")
+        assert r_a.t.state == "connected" and r_a.t.failures == 0 and r_a.running
+        assert sup.broken is None
+        filler.unlink()  # the window closes
+        await until(lambda: sup.unsaved_states == 0, 20, "the deferred state written")
+        assert len(await store.state_history("a")) > history_before
+        await until(lambda: _ready(hx), 20, "/readyz back to 200 by itself")
+    finally:
+        if hx is not None:
+            await hx.close()
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mnt)], capture_output=True)
+
+
+async def _ready(hx) -> bool:
+    resp = await hx.req("GET", "/readyz", None)
+    return resp.status == 200
