@@ -284,8 +284,10 @@ class SimulatorConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Cluster mode (design §16): `nodes` 1 is off. `node` is this node's ordinal, or `auto`
-    for the number ending the hostname (a StatefulSet pod is named <set>-<ordinal>)."""
+    """Cluster mode (design §16): `nodes` 1 is off, unless `peer_url` is set: a one-node
+    cluster still takes tenants handed to it, which is how a cluster shrinks back to one node.
+    `node` is this node's ordinal, or `auto` for the number ending the hostname (a
+    StatefulSet pod is named <set>-<ordinal>)."""
 
     nodes: int = 1
     node: str = "auto"
@@ -296,6 +298,10 @@ class ClusterConfig:
     # A peer that does not accept a connection within this time counts as unavailable.
     peer_timeout_s: float = 5.0
 
+    @property
+    def enabled(self) -> bool:
+        return self.nodes > 1 or self.peer_url is not None
+
     def validate(self, p: str) -> None:
         _check(1 <= self.nodes <= 1024, f"{p}.nodes", "must be between 1 and 1024")
         _check(
@@ -305,7 +311,7 @@ class ClusterConfig:
         )
         _check(self.move_interval_s > 0, f"{p}.move_interval_s", "must be positive")
         _check(self.peer_timeout_s > 0, f"{p}.peer_timeout_s", "must be positive")
-        if self.nodes > 1:
+        if self.enabled:
             _check(
                 bool(self.peer_url) and "{n}" in (self.peer_url or ""),
                 f"{p}.peer_url",
@@ -320,7 +326,7 @@ class ClusterConfig:
             _check(
                 self.token_file is not None,
                 f"{p}.token_file",
-                "is required with cluster.nodes > 1 (the shared secret of node-to-node calls)",
+                "is required in cluster mode (the shared secret of node-to-node calls)",
             )
 
 

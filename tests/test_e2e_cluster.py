@@ -263,3 +263,31 @@ def test_receiving_node_killed_mid_move_loses_nothing_and_runs_nothing_twice(clu
         finally:
             con.close()
         assert n == 5000
+
+
+def test_scale_in_hands_everything_to_the_remaining_node(cluster):
+    two = cluster[:2]
+    _start(two, 2)
+    ids = [f"in{i:02d}" for i in range(8)]
+    for tid in ids:
+        assert two[1].call("POST", "/v1/tenants", {"id": tid, "engine": "simulator"})[0] == 201
+    leaving = [t for t in ids if owner(t, 2) == 1]
+    assert leaving
+    for tid in leaving:
+        sync_until(lambda tid=tid: _state(two[0], tid) == "connected", 20)
+        body = {"action": "message", "chat": "15550001111", "text": "x", "count": 300}
+        assert two[0].call("POST", f"/v1/tenants/{tid}/simulate", body)[0] == 202
+        sync_until(lambda tid=tid: len(_messages(two[0], tid)) == 300, 30)
+    for node in two:
+        assert node.stop() == 0
+    # cluster.nodes=1 with the peer URL kept: node 1 is past the end and hands everything off.
+    with TwiceWatch(two) as watch:
+        _start(two, 1)
+        sync_until(lambda: _where(two) == dict.fromkeys(ids, 0), 90, "all on node 0")
+    assert not watch.twice
+    assert two[1].local_ids() == set()
+    assert two[1].stop() == 0  # now it can go
+    for tid in leaving:
+        assert len(_messages(two[0], tid)) == 300
+    code, listing, _ = two[0].call("GET", "/v1/tenants")
+    assert code == 200 and [t["id"] for t in listing["tenants"]] == ids

@@ -1,6 +1,6 @@
 """This node in the cluster: who it is, its peers, which tenants are in flight, and the
 wiring into the app (middleware, routes, start/stop hooks). `attach` is the only entry point
-the app calls, and only when `cluster.nodes` > 1."""
+the app calls, and only in cluster mode (`ClusterConfig.enabled`)."""
 
 from __future__ import annotations
 
