@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from oxyd.app import App
-from oxyd.http.access import require_admin
+from oxyd.http import shapes as s
+from oxyd.http.operation import Input, operation
 from oxyd.model import State
 
 table = web.RouteTableDef()
@@ -223,8 +224,13 @@ def people_metrics(people: Any) -> Iterator[Metric]:
     yield lookups
 
 
-@table.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    require_admin(request)
+@operation(
+    table.get,
+    "/metrics",
+    "Prometheus metrics",
+    access="admin",
+    ok=(200, {"description": "Prometheus text", "content": {"text/plain": {"schema": s.STR}}}),
+)
+async def metrics(request: web.Request, inp: Input) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from oxyd.http.openapi import BOOL, CURSOR, INT, LIMIT, MS, STR, _json, _nullable, _obj, _op, _ref
+from oxyd.http.openapi_legacy import (
+    BOOL,
+    CURSOR,
+    INT,
+    LIMIT,
+    MS,
+    STR,
+    _json,
+    _nullable,
+    _obj,
+    _op,
+    _ref,
+)
 
 NSTR = _nullable("string")
 ACTIONS = ("add", "remove", "promote", "demote")
@@ -258,14 +270,10 @@ def patch_tenant() -> dict[str, Any]:
 
 def extend(doc_paths: dict[str, Any], schemas: dict[str, Any]) -> None:
     """Add these routes and schemas, the PATCH on the tenant, and the settings to the tenant
-    object and to POST /v1/tenants (called on fresh copies by openapi.document())."""
+    object (called on fresh copies by openapi.document()). POST /v1/tenants takes the settings
+    from its Operation (settings.SETTINGS)."""
     doc_paths.update(paths())
-    doc_paths["/v1/tenants/{id}"]["patch"] = patch_tenant()
-    add = doc_paths["/v1/tenants"]["post"]["requestBody"]["content"]["application/json"]
-    add["schema"] = {
-        **add["schema"],
-        "properties": {**add["schema"]["properties"], **SCHEMAS["SettingsIn"]["properties"]},
-    }
+    doc_paths.setdefault("/v1/tenants/{id}", {})["patch"] = patch_tenant()
     schemas.update(SCHEMAS)
     tenant = schemas["Tenant"]
     schemas["Tenant"] = {

@@ -19,7 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from oxyd.http import shapes as s
 from oxyd.http.keys import APP, TOKEN_TENANT
+from oxyd.http.operation import Input, operation
 
 table = web.RouteTableDef()
 
@@ -89,8 +91,14 @@ def close_tenant_streams(web_app: web.Application, tenant_id: str) -> int:
     return len(mine)
 
 
-@table.get("/")
-async def page(request: web.Request) -> web.Response:
+@operation(
+    table.get,
+    "/",
+    "The status page (HTML; it asks for a token and sends it as a Bearer header)",
+    access="open",
+    ok=(200, {"description": "HTML", "content": {"text/html": {"schema": s.STR}}}),
+)
+async def page(request: web.Request, inp: Input) -> web.Response:
     return web.Response(
         body=HTML, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
     )
@@ -107,8 +115,25 @@ async def _send(resp: web.StreamResponse, data: bytes) -> None:
         await resp.write(data)
 
 
-@table.get("/v1/events")
-async def events(request: web.Request) -> web.StreamResponse:
+SSE_TEXT = (
+    "Server-Sent Events. First `event: snapshot`, data `{tenants: [Tenant], health, admin}`;"
+    " then as things change `event: state`, data `{type, tenant, data: Tenant}`;"
+    " `event: pairing`, data `{type, tenant, pairing: {qr, code, expires_ms}}`;"
+    " `event: removed`, data `{type, tenant}`. A comment line (`: keep-alive`) every 15 s"
+    " when idle. A tenant token gets its own tenant only. The stream ends when the daemon"
+    " stops, when the client falls 1000 events behind (reconnect for a new snapshot), or when"
+    " the token is revoked."
+)
+
+
+@operation(
+    table.get,
+    "/v1/events",
+    "Live state and pairing updates (Server-Sent Events)",
+    description=SSE_TEXT,
+    ok=(200, {"description": SSE_TEXT, "content": {"text/event-stream": {"schema": s.STR}}}),
+)
+async def events(request: web.Request, inp: Input) -> web.StreamResponse:
     sup = request.app[APP].supervisor
     own = request[TOKEN_TENANT]  # None: the admin, who sees everything
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)

@@ -1,6 +1,7 @@
 """HTTP API v1 handlers (design §6): probes, tenants, pairing, tokens, health, simulation.
 
-Thin: validate, call the supervisor or store, answer. Messages and chats are in
+Thin: each route's Operation validates its input (operation.py), the handler calls the
+supervisor or store and answers. Messages and chats are in
 routes_data.py, the webhook in routes_webhook.py.
 """
 
@@ -10,31 +11,26 @@ import asyncio
 import gzip
 import io
 import json
-import re
 import secrets
 import time
 
 from aiohttp import web
 
+from oxyd import backup
 from oxyd.engine import EngineError, NotConnected
-from oxyd.http.access import require_admin, tenant_id
-from oxyd.http.inputs import (
-    body_limit_bytes,
-    bool_param,
-    check_fields,
-    json_body,
-    no_body,
-    parse_json_object,
-    read_limited,
-)
+from oxyd.http import shapes as s
+from oxyd.http.access import tenant_id
+from oxyd.http.inputs import body_limit_bytes, parse_json_object, read_limited
 from oxyd.http.keys import APP, TOKEN_TENANT
+from oxyd.http.operation import Input, operation
+from oxyd.http.page import close_tenant_streams
 from oxyd.http.replies import ApiError, ok
-from oxyd.http.routes_webhook import set_webhook, webhook_fields
-from oxyd.model import ENGINES, valid_tenant_id
+from oxyd.http.routes_webhook import set_webhook
+from oxyd.http.settings import SETTINGS, settings_fields
+from oxyd.model import ENGINES
 
 table = web.RouteTableDef()
 
-PHONE_RE = re.compile(r"[0-9]{6,15}")
 # The admin's tenant list is ~300 KB of JSON at 1,000 tenants (~6 ms to build and encode): under
 # a polling dashboard or many clients, answers for this long reuse the same bytes. Any write
 # through the API clears it (see middleware.invalidate_on_write), so an operator never sees a stale
@@ -56,16 +52,44 @@ class ListCache:
 LIST_CACHE: web.AppKey[ListCache] = web.AppKey("oxyd_list_cache", ListCache)
 
 
+TENANT_OK = s.json_response(s.ref("Tenant"), "The tenant object")
+READY = s.json_response(
+    s.obj(
+        {"status": s.string(enum=("ready", "not_ready")), "checks": {"type": "object"}},
+        ("status", "checks"),
+        closed=False,
+    )
+)
+PHONE = s.string(
+    pattern=r"^\+?[0-9 ]{6,20}$",
+    description="must be 6 to 15 digits in international format",
+)
+TENANT_ACTION = dict(ok=(202, TENANT_OK), errors=(409,))
+
+
 # ---- probes ----
 
 
-@table.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
+@operation(
+    table.get,
+    "/healthz",
+    "Liveness",
+    access="open",
+    ok=(200, s.json_response(s.obj({"status": {"const": "ok"}}, ("status",)))),
+)
+async def healthz(request: web.Request, inp: Input) -> web.Response:
     return ok({"status": "ok"})
 
 
-@table.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
+@operation(
+    table.get,
+    "/readyz",
+    "Readiness",
+    access="open",
+    ok=(200, READY),
+    responses={503: {**READY, "description": "Not ready"}},
+)
+async def readyz(request: web.Request, inp: Input) -> web.Response:
     app = request.app[APP]
     checks = {
         "database": not app.store.closed and await app.store.ping(),
@@ -81,8 +105,16 @@ async def readyz(request: web.Request) -> web.Response:
 # ---- tenants ----
 
 
-@table.get("/v1/tenants")
-async def list_tenants(request: web.Request) -> web.Response:
+@operation(
+    table.get,
+    "/v1/tenants",
+    "List tenants (a tenant token sees its own)",
+    ok=(
+        200,
+        s.json_response(s.obj({"tenants": s.array(s.ref("Tenant"))}, ("tenants",), closed=False)),
+    ),
+)
+async def list_tenants(request: web.Request, inp: Input) -> web.Response:
     sup = request.app[APP].supervisor
     own = request.get(TOKEN_TENANT)
     if own is None:
@@ -115,86 +147,118 @@ async def list_tenants(request: web.Request) -> web.Response:
     return ok({"tenants": [sup.tenant_json(runner)] if runner is not None else []})
 
 
-@table.post("/v1/tenants")
-async def add_tenant(request: web.Request) -> web.Response:
-    require_admin(request)
-    raw = await read_limited(request, body_limit_bytes(request))
-    body = parse_json_object(raw, required=True)
-    tid = body.get("id")
-    # The id gets its own code whatever is wrong with it: clients branch on invalid_tenant_id.
-    if "id" in body and not valid_tenant_id(tid):
-        raise ApiError(400, "invalid_tenant_id", "id: must match ^[a-z0-9][a-z0-9_-]{0,62}$")
-    from oxyd.http.settings import FIELDS, settings_fields
+ADD_TENANT = s.obj(
+    {
+        "id": s.string(
+            pattern=s.TENANT_ID_PATTERN, description="must match " + s.TENANT_ID_PATTERN
+        ),
+        "engine": s.nullable(s.string(enum=ENGINES)),
+        "webhook": s.nullable(s.WEBHOOK_IN),
+        **SETTINGS,
+    },
+    ("id",),
+)
 
-    check_fields(body, {"id": str, "engine": str, "webhook": dict, **FIELDS}, required=("id",))
-    settings = settings_fields(body, request)
+
+@operation(
+    table.post,
+    "/v1/tenants",
+    "Add a tenant",
+    access="admin",
+    ok=(201, TENANT_OK),
+    errors=(409,),
+    body=ADD_TENANT,
+    field_codes={"id": "invalid_tenant_id"},
+)
+async def add_tenant(request: web.Request, inp: Input) -> web.Response:
+    tid, body = inp.body["id"], inp.body
     engine = body.get("engine") or "neonize"
-    if engine not in ENGINES:
-        raise ApiError(400, "invalid_field", f"engine: must be one of {list(ENGINES)}")
     app = request.app[APP]
     if engine not in app.engines:
         raise ApiError(400, "engine_unavailable", f"engine: {engine} is not available here")
-    hook = webhook_fields(body["webhook"], "webhook.") if body.get("webhook") is not None else None
+    settings = settings_fields(body, request)  # the proxy: admin only, and a valid URL
+    hook = body.get("webhook")
+    if hook is not None:
+        hook = {**hook, "events": sorted(set(hook["events"])) if hook.get("events") else None}
     data = await app.supervisor.add(tid, engine, settings)
     if hook is not None:
         await set_webhook(request, tid, hook)
     return ok(data, 201)
 
 
-@table.get("/v1/tenants/{id}")
-async def get_tenant(request: web.Request) -> web.Response:
+@operation(table.get, "/v1/tenants/{id}", "Get a tenant", ok=(200, TENANT_OK))
+async def get_tenant(request: web.Request, inp: Input) -> web.Response:
     sup = request.app[APP].supervisor
-    return ok(sup.tenant_json(sup.runner(tenant_id(request))))
+    return ok(sup.tenant_json(sup.runner(inp.tenant)))
 
 
-@table.delete("/v1/tenants/{id}")
-async def remove_tenant(request: web.Request) -> web.Response:
-    require_admin(request)
-    tid = tenant_id(request)
-    purge = bool_param(request, "purge")
-    await request.app[APP].supervisor.remove(tid, purge=purge)
-    from oxyd.http.page import close_tenant_streams
+@operation(
+    table.delete,
+    "/v1/tenants/{id}",
+    "Remove a tenant: log out, delete its device store",
+    access="admin",
+    errors=(409,),
+    query={"purge": {**s.BOOL, "default": False, "description": "also delete its messages"}},
+    ok=(
+        200,
+        s.json_response(
+            s.obj(
+                {"id": s.STR, "removed": s.BOOL, "purged": s.BOOL},
+                ("id", "removed", "purged"),
+                closed=False,
+            )
+        ),
+    ),
+)
+async def remove_tenant(request: web.Request, inp: Input) -> web.Response:
+    purge = inp.query["purge"]
+    await request.app[APP].supervisor.remove(inp.tenant, purge=purge)
+    close_tenant_streams(request.app, inp.tenant)  # its tokens died with it
+    return ok({"id": inp.tenant, "removed": True, "purged": purge})
 
-    close_tenant_streams(request.app, tid)  # its tokens died with it
-    return ok({"id": tid, "removed": True, "purged": purge})
+
+@operation(table.post, "/v1/tenants/{id}/start", "Start the tenant", **TENANT_ACTION)
+async def start_tenant(request: web.Request, inp: Input) -> web.Response:
+    return ok(await request.app[APP].supervisor.start_tenant(inp.tenant), 202)
 
 
-@table.post("/v1/tenants/{id}/start")
-async def start_tenant(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    return ok(await request.app[APP].supervisor.start_tenant(tid), 202)
+@operation(table.post, "/v1/tenants/{id}/stop", "Stop the tenant", **TENANT_ACTION)
+async def stop_tenant(request: web.Request, inp: Input) -> web.Response:
+    return ok(await request.app[APP].supervisor.stop_tenant(inp.tenant), 202)
 
 
-@table.post("/v1/tenants/{id}/stop")
-async def stop_tenant(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    return ok(await request.app[APP].supervisor.stop_tenant(tid), 202)
-
-
-@table.post("/v1/tenants/{id}/restart")
-async def restart_tenant(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    return ok(await request.app[APP].supervisor.restart_tenant(tid, limited=True), 202)
+# Rate limited per tenant (429 with Retry-After): each restart dials WhatsApp again.
+@operation(
+    table.post,
+    "/v1/tenants/{id}/restart",
+    "Restart the tenant",
+    ok=(202, TENANT_OK),
+    errors=(409, 429),
+)
+async def restart_tenant(request: web.Request, inp: Input) -> web.Response:
+    return ok(await request.app[APP].supervisor.restart_tenant(inp.tenant, limited=True), 202)
 
 
 # ---- pairing ----
 
 
-@table.post("/v1/tenants/{id}/pair")
-async def pair(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    body = await json_body(request, allowed={"phone": str})
-    phone = body.get("phone")
+@operation(
+    table.post,
+    "/v1/tenants/{id}/pair",
+    "Start pairing; then GET .../pairing",
+    body=s.obj({"phone": s.nullable(PHONE)}),
+    body_required=False,
+    **TENANT_ACTION,
+)
+async def pair(request: web.Request, inp: Input) -> web.Response:
+    phone = inp.body.get("phone")
     if phone is not None:
         phone = phone.lstrip("+").replace(" ", "")
-        if not PHONE_RE.fullmatch(phone):
+        if not 6 <= len(phone) <= 15:
             raise ApiError(
                 400, "invalid_field", "phone: must be 6 to 15 digits in international format"
             )
-    return ok(await request.app[APP].supervisor.pair(tid, phone), 202)
+    return ok(await request.app[APP].supervisor.pair(inp.tenant, phone), 202)
 
 
 def _wants_png(request: web.Request) -> bool:
@@ -202,10 +266,31 @@ def _wants_png(request: web.Request) -> bool:
     return "image/png" in accept and "application/json" not in accept
 
 
-@table.get("/v1/tenants/{id}/pairing")
-async def pairing(request: web.Request) -> web.StreamResponse:
-    tid = tenant_id(request)
-    info = request.app[APP].supervisor.pairing(tid)
+PAIRING = s.obj(
+    {"qr": s.nullable(s.STR), "code": s.nullable(s.STR), "expires_ms": s.MS},
+    ("qr", "code", "expires_ms"),
+    closed=False,
+)
+
+
+@operation(
+    table.get,
+    "/v1/tenants/{id}/pairing",
+    "The current QR payload or phone code",
+    ok=(
+        200,
+        {
+            "description": "JSON, or the QR as PNG with Accept: image/png",
+            "content": {
+                "application/json": {"schema": PAIRING},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    ),
+    errors=(404,),
+)
+async def pairing(request: web.Request, inp: Input) -> web.StreamResponse:
+    info = request.app[APP].supervisor.pairing(inp.tenant)
     if _wants_png(request):
         if not info["qr"]:
             raise ApiError(404, "no_qr", "no QR code to show: start pairing first")
@@ -219,45 +304,71 @@ async def pairing(request: web.Request) -> web.StreamResponse:
     return ok({"qr": info["qr"], "code": info["code"], "expires_ms": info["expires_ms"]})
 
 
-@table.post("/v1/tenants/{id}/logout")
-async def logout(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    return ok(await request.app[APP].supervisor.logout(tid), 202)
+@operation(table.post, "/v1/tenants/{id}/logout", "Unlink the device", **TENANT_ACTION)
+async def logout(request: web.Request, inp: Input) -> web.Response:
+    return ok(await request.app[APP].supervisor.logout(inp.tenant), 202)
 
 
 # ---- tokens ----
 
 
-@table.post("/v1/tenants/{id}/tokens")
-async def create_token(request: web.Request) -> web.Response:
-    require_admin(request)
-    tid = tenant_id(request)
-    await no_body(request)
+@operation(
+    table.post,
+    "/v1/tenants/{id}/tokens",
+    "Create a tenant token (shown once)",
+    access="admin",
+    ok=(
+        201,
+        s.json_response(
+            s.obj({"token": s.STR, "tenant": s.STR}, ("token", "tenant"), closed=False)
+        ),
+    ),
+)
+async def create_token(request: web.Request, inp: Input) -> web.Response:
     # 256 random bits; the prefix makes leaked tokens easy to grep for in logs and repos.
     token = "oxt_" + secrets.token_urlsafe(32)
     app = request.app[APP]
-    await app.store.add_token(tid, token, app.clock.now_ms())
-    return ok({"token": token, "tenant": tid}, 201)
+    await app.store.add_token(inp.tenant, token, app.clock.now_ms())
+    return ok({"token": token, "tenant": inp.tenant}, 201)
 
 
-@table.delete("/v1/tenants/{id}/tokens")
-async def revoke_tokens(request: web.Request) -> web.Response:
-    require_admin(request)
-    tid = tenant_id(request)
-    revoked = await request.app[APP].store.revoke_tokens(tid)
-    from oxyd.http.page import close_tenant_streams
-
-    close_tenant_streams(request.app, tid)  # revocation is immediate, open streams included
+@operation(
+    table.delete,
+    "/v1/tenants/{id}/tokens",
+    "Revoke all of the tenant's tokens",
+    access="admin",
+    ok=(200, s.json_response(s.obj({"revoked": s.INT}, ("revoked",), closed=False))),
+)
+async def revoke_tokens(request: web.Request, inp: Input) -> web.Response:
+    revoked = await request.app[APP].store.revoke_tokens(inp.tenant)
+    close_tenant_streams(request.app, inp.tenant)  # revocation is immediate, open streams included
     return ok({"revoked": revoked})
 
 
-# ---- health and simulation ----
+# ---- health and backups ----
+
+HEALTH = s.obj(
+    {
+        "checked_at_ms": s.INT,
+        "total": s.INT,
+        "healthy": s.INT,
+        "reconnected": s.INT,
+        "failed": s.INT,
+        "alerts": s.array({"type": "object"}),
+    },
+    ("checked_at_ms", "total", "healthy", "reconnected", "failed", "alerts"),
+    closed=False,
+)
 
 
-@table.get("/v1/health")
-async def health(request: web.Request) -> web.Response:
-    require_admin(request)
+@operation(
+    table.get,
+    "/v1/health",
+    "The last health sweep",
+    access="admin",
+    ok=(200, s.json_response(HEALTH)),
+)
+async def health(request: web.Request, inp: Input) -> web.Response:
     app = request.app[APP]
     jobs = app.extras.get("jobs")
     if jobs is not None and jobs.last_health is not None:
@@ -266,29 +377,42 @@ async def health(request: web.Request) -> web.Response:
     return ok(app.supervisor.last_health or await app.supervisor.health_sweep())
 
 
-@table.post("/v1/backups")
-async def make_backup(request: web.Request) -> web.Response:
-    require_admin(request)
+BACKUP = s.obj(
+    {"name": s.STR, "path": s.STR, "size_bytes": s.INT, "created_at_ms": s.INT},
+    ("name",),
+    closed=False,
+)
+
+
+@operation(
+    table.post,
+    "/v1/backups",
+    "Take an encrypted backup now (needs OXYD_BACKUP_KEY or backup.key_file)",
+    access="admin",
+    ok=(201, s.json_response(BACKUP)),
+    errors=(409,),
+)
+async def make_backup(request: web.Request, inp: Input) -> web.Response:
     app = request.app[APP]
-    await read_limited(request, body_limit_bytes(request))
     jobs = app.extras.get("jobs")
     if jobs is None or jobs._make_backup is None:
         raise ApiError(
             409, "backups_not_configured", "no backup key: set OXYD_BACKUP_KEY or backup.key_file"
         )
-    from oxyd import backup
-
     path = await jobs.backup_now()
     listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
     entry = next((b for b in listing if b["name"] == path.name), {"name": path.name})
     return ok({k: (str(v) if k == "path" else v) for k, v in entry.items()}, 201)
 
 
-@table.get("/v1/backups")
-async def list_backups(request: web.Request) -> web.Response:
-    require_admin(request)
-    from oxyd import backup
-
+@operation(
+    table.get,
+    "/v1/backups",
+    "Encrypted backups in the data directory, newest first",
+    access="admin",
+    ok=(200, s.json_response(s.obj({"backups": s.array(BACKUP)}, ("backups",), closed=False))),
+)
+async def list_backups(request: web.Request, inp: Input) -> web.Response:
     app = request.app[APP]
     listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
     return ok(
@@ -296,6 +420,8 @@ async def list_backups(request: web.Request) -> web.Response:
     )
 
 
+# Converted to an Operation once every simulator action of this wave has landed (its
+# variants are a tagged union: an action without a variant would be refused).
 @table.post("/v1/tenants/{id}/simulate")
 async def simulate(request: web.Request) -> web.Response:
     from oxyd.simulator.engine import SimulationError

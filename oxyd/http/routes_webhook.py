@@ -8,40 +8,26 @@ from typing import Any
 from aiohttp import web
 
 from oxyd import log
-from oxyd.config import WEBHOOK_EVENTS
 from oxyd.destinations import ForbiddenDestination
-from oxyd.http.access import tenant_id
-from oxyd.http.inputs import check_fields, int_param, json_body, no_body
+from oxyd.http import shapes as s
 from oxyd.http.keys import APP, TOKEN_TENANT
+from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 
 table = web.RouteTableDef()
 
-URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
-MAX_URL_CHARS = 2048
-MAX_SECRET_CHARS = 512
 MAX_LIST = 1000
-MAX_EVENT_TYPES = 64  # every event type fits many times over; more is not a real request
+HOOK_OUT = s.json_response(s.ref("WebhookOut"))
 
 
-def webhook_fields(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    check_fields(body, {"url": str, "secret": str, "events": list}, ("url", "secret"), prefix)
-    url, secret, events = body["url"], body["secret"], body.get("events")
-    if len(url) > MAX_URL_CHARS or not URL_RE.fullmatch(url):
-        raise ApiError(400, "invalid_field", f"{prefix}url: must be an http:// or https:// URL")
-    if not secret or len(secret) > MAX_SECRET_CHARS:
-        raise ApiError(
-            400, "invalid_field", f"{prefix}secret: must be 1 to {MAX_SECRET_CHARS} characters"
-        )
-    if events is not None and len(events) > MAX_EVENT_TYPES:
-        raise ApiError(400, "invalid_field", f"{prefix}events: at most {MAX_EVENT_TYPES} entries")
-    if events is not None and (not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)):
-        raise ApiError(
-            400,
-            "invalid_field",
-            f"{prefix}events: must list event types from {list(WEBHOOK_EVENTS)}",
-        )
-    return {"url": url, "secret": secret, "events": sorted(set(events)) if events else events}
+def normalized(hook: dict[str, Any]) -> dict[str, Any]:
+    """A validated webhook body (shapes.WEBHOOK_IN) as stored: events sorted, once each."""
+    events = hook.get("events")
+    return {
+        "url": hook["url"],
+        "secret": hook["secret"],
+        "events": sorted(set(events)) if events else None,
+    }
 
 
 async def set_webhook(request: web.Request, tid: str, hook: dict[str, Any]) -> None:
@@ -78,33 +64,48 @@ def _webhook_json(hook: dict[str, Any]) -> dict[str, Any]:
     return {"url": hook["url"], "secret": "***", "events": hook["events"]}
 
 
-@table.put("/v1/tenants/{id}/webhook")
-async def put_webhook(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    hook = webhook_fields(
-        await json_body(request, allowed={"url": str, "secret": str, "events": list})
-    )
-    await set_webhook(request, tid, hook)
+@operation(
+    table.put,
+    "/v1/tenants/{id}/webhook",
+    "Set the tenant's webhook",
+    description="With a tenant token the URL must be a public address (400"
+    " forbidden_destination), unless the operator set webhooks.allow_private.",
+    ok=(200, HOOK_OUT),
+    body=s.WEBHOOK_IN,
+)
+async def put_webhook(request: web.Request, inp: Input) -> web.Response:
+    hook = normalized(inp.body)
+    await set_webhook(request, inp.tenant, hook)
     return ok(_webhook_json(hook))
 
 
-@table.get("/v1/tenants/{id}/webhook")
-async def get_webhook(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    hook = (await request.app[APP].store.webhooks()).get(tid)
+@operation(
+    table.get,
+    "/v1/tenants/{id}/webhook",
+    "The tenant's webhook (secret masked)",
+    ok=(200, HOOK_OUT),
+    errors=(404,),
+)
+async def get_webhook(request: web.Request, inp: Input) -> web.Response:
+    hook = (await request.app[APP].store.webhooks()).get(inp.tenant)
     if hook is None:
         raise ApiError(404, "webhook_not_found", "this tenant has no webhook")
     return ok(_webhook_json(hook))
 
 
-@table.delete("/v1/tenants/{id}/webhook")
-async def delete_webhook(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
+@operation(
+    table.delete,
+    "/v1/tenants/{id}/webhook",
+    "Remove the tenant's webhook",
+    ok=(200, s.json_response(s.obj({"deleted": s.BOOL}, ("deleted",), closed=False))),
+    errors=(404,),
+)
+async def delete_webhook(request: web.Request, inp: Input) -> web.Response:
     app = request.app[APP]
-    if not await app.store.delete_webhook(tid):
+    if not await app.store.delete_webhook(inp.tenant):
         raise ApiError(404, "webhook_not_found", "this tenant has no webhook")
-    app.subs.remove_tenant(tid)
-    await _webhook_changed(app, tid)
+    app.subs.remove_tenant(inp.tenant)
+    await _webhook_changed(app, inp.tenant)
     return ok({"deleted": True})
 
 
@@ -115,11 +116,19 @@ def _dispatcher(request: web.Request) -> Any:
     return dispatcher
 
 
-@table.get("/v1/tenants/{id}/webhook/dead")
-async def dead_events(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    limit = int_param(request, "limit", 100, 1, MAX_LIST)
-    events = await _dispatcher(request).dead(tid, limit)
+@operation(
+    table.get,
+    "/v1/tenants/{id}/webhook/dead",
+    "Dead webhook events, newest first",
+    ok=(
+        200,
+        s.json_response(s.obj({"events": s.array({"type": "object"})}, ("events",), closed=False)),
+    ),
+    errors=(503,),
+    query={"limit": s.integer(1, MAX_LIST, default=100)},
+)
+async def dead_events(request: web.Request, inp: Input) -> web.Response:
+    events = await _dispatcher(request).dead(inp.tenant, inp.query["limit"])
     if request.get(TOKEN_TENANT) is not None:
         # A tenant sees the receiver's status code and nothing else: connection errors
         # (refused, timed out, resolved to ...) would make the webhook a network scanner.
@@ -135,8 +144,12 @@ def _status_only(error: str | None) -> str | None:
     return m.group(0) if m else "no HTTP response"
 
 
-@table.post("/v1/tenants/{id}/webhook/replay")
-async def replay_dead(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    return ok({"replayed": await _dispatcher(request).replay(tid)}, 202)
+@operation(
+    table.post,
+    "/v1/tenants/{id}/webhook/replay",
+    "Queue every dead event again",
+    ok=(202, s.json_response(s.obj({"replayed": s.INT}, ("replayed",), closed=False))),
+    errors=(503,),
+)
+async def replay_dead(request: web.Request, inp: Input) -> web.Response:
+    return ok({"replayed": await _dispatcher(request).replay(inp.tenant)}, 202)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from oxyd.http.openapi import BOOL, INT, MS, STR, TO_PATTERN, _json, _nullable, _obj, _op
+from oxyd.http.openapi_legacy import BOOL, INT, MS, STR, TO_PATTERN, _json, _nullable, _obj, _op
 from oxyd.http.send_body import MEDIA_TYPES, PRESENCE_STATES
 from oxyd.outgoing import KINDS, MAX_CAPTION_CHARS
 

@@ -63,6 +63,8 @@ def make_app(app: App) -> web.Application:
     web_app.add_routes(routes_archive.table)
     for extra in app.extras.get("route_tables", ()):
         web_app.add_routes(extra)
+    # Built once from the routes this app really serves (routes cannot change after start).
+    web_app[openapi.DOCUMENT] = openapi.document(web_app.router.routes())
     return web_app
 
 

@@ -60,3 +60,12 @@ async def patch_tenant(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_body", f"give at least one of {sorted(FIELDS)}")
     changes = settings_fields(body, request)
     return ok(await request.app[APP].supervisor.update_settings(tid, changes))
+
+
+# The same fields as JSON Schema, for routes described by an Operation (POST /v1/tenants).
+# A null proxy is the same as none; the proxy URL itself is checked by proxy_url().
+SETTINGS: dict[str, Any] = {
+    "reject_calls": {"type": "boolean"},
+    "mark_online": {"type": "boolean"},
+    "proxy": {"type": ["string", "null"], "maxLength": MAX_PROXY_CHARS},
+}

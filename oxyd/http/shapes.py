@@ -1,0 +1,177 @@
+"""JSON Schema (2020-12, as OpenAPI 3.1 uses it) builders and the shapes shared by routes.
+
+A request schema written with these is both the validator (operation.py compiles it) and the
+OpenAPI text (openapi.py serves it): one definition, so the two cannot drift. Response shapes
+(Tenant, Message, ...) are components referenced by name with ref().
+
+A field schema's `description` is also the error message when a value fails a constraint other
+than its type, so write it as what the value must be ("must be 6 to 15 digits ...").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oxyd.config import WEBHOOK_EVENTS
+
+Schema = dict[str, Any]
+
+TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    """The same schema, also accepting null (an optional field sent as null counts as absent)."""
+    if "type" in schema and "enum" not in schema and "const" not in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*types, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def string(
+    *,
+    min_length: int | None = None,
+    max_length: int | None = None,
+    pattern: str | None = None,
+    enum: list[str] | tuple[str, ...] | None = None,
+    description: str | None = None,
+    fmt: str | None = None,
+) -> Schema:
+    schema: Schema = {"type": "string"}
+    if min_length is not None:
+        schema["minLength"] = min_length
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    if pattern is not None:
+        schema["pattern"] = pattern
+    if enum is not None:
+        schema["enum"] = list(enum)
+    if fmt is not None:
+        schema["format"] = fmt
+    if description is not None:
+        schema["description"] = description
+    return schema
+
+
+def integer(
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    default: int | None = None,
+    description: str | None = None,
+) -> Schema:
+    schema: Schema = {"type": "integer"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    if default is not None:
+        schema["default"] = default
+    if description is not None:
+        schema["description"] = description
+    return schema
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> Schema:
+    schema: Schema = {"type": "number"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def array(
+    items: Schema,
+    *,
+    min_items: int | None = None,
+    max_items: int | None = None,
+    unique: bool = False,
+) -> Schema:
+    schema: Schema = {"type": "array", "items": items}
+    if min_items is not None:
+        schema["minItems"] = min_items
+    if max_items is not None:
+        schema["maxItems"] = max_items
+    if unique:
+        schema["uniqueItems"] = True
+    return schema
+
+
+def obj(
+    props: dict[str, Schema],
+    required: tuple[str, ...] | list[str] = (),
+    *,
+    closed: bool = True,
+    description: str | None = None,
+) -> Schema:
+    """An object; `closed` (the default for requests) refuses unknown fields."""
+    schema: Schema = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    if description is not None:
+        schema["description"] = description
+    return schema
+
+
+def exactly_one_of(*fields: str) -> list[Schema]:
+    """For `oneOf`: exactly one of these fields is present (send kinds)."""
+    return [{"required": [f]} for f in fields]
+
+
+def tagged(tag: str, variants: dict[str, Schema]) -> Schema:
+    """A tagged union: the object's `tag` field picks the variant (simulator actions).
+
+    Each variant is an obj() without the tag; the tag is added as a const. Validation picks the
+    variant by the tag first, so an error names the variant's own field, not all variants."""
+    branches = []
+    for value, variant in variants.items():
+        props = {tag: {"const": value}, **variant.get("properties", {})}
+        branches.append(
+            {**variant, "properties": props, "required": [tag, *variant.get("required", [])]}
+        )
+    return {
+        "type": "object",
+        "required": [tag],
+        "properties": {tag: {"type": "string", "enum": list(variants)}},
+        "oneOf": branches,
+        "discriminator": {"propertyName": tag},
+    }
+
+
+INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
+MS = {"type": ["integer", "null"]}
+OPAQUE_CURSOR = string(
+    max_length=512,
+    pattern="^[!-~]*$",
+    description="the next_cursor of the previous page, as returned (opaque: a cursor this API"
+    " did not return is refused with 400 invalid_cursor)",
+)
+
+WEBHOOK_URL = string(
+    max_length=2048,
+    pattern=r"^https?://[^\s/?#]+[^\s]*$",
+    description="must be an http:// or https:// URL",
+)
+WEBHOOK_IN = obj(
+    {
+        "url": WEBHOOK_URL,
+        "secret": string(min_length=1, max_length=512, description="must be 1 to 512 characters"),
+        "events": nullable(array(string(enum=WEBHOOK_EVENTS), max_items=64)),
+    },
+    ("url", "secret"),
+)
+
+
+def json_response(schema: Schema, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def page_of(key: str, item: Schema) -> Schema:
+    """A page of a list: `{key: [...], "next_cursor": str or null}`."""
+    return obj({key: array(item), "next_cursor": nullable(STR)}, (key, "next_cursor"), closed=False)
