@@ -3,8 +3,8 @@
 Routes registered through operation.py carry the very schemas the server validates with; this
 module arranges them into the document, so a route cannot be served undocumented or validated
 differently from what is published. Routes not yet converted keep their hand-written entries
-(openapi_legacy.py, openapi_people.py, sending_doc.py), which the generated ones override. The document is
-open (no token): it holds no data, and tools read it before they have a token.
+(openapi_legacy.py, openapi_people.py, sending_doc.py), which generated ones override. The
+document is open (no token): it holds no data, and tools read it before they have a token.
 """
 
 from __future__ import annotations
