@@ -63,6 +63,7 @@ class Sender:
         self.depth: Counter[str] = Counter()
         self.sent = 0
         self.failed = 0
+        self.tx = sendqueue.GroupTx(sup.store)
 
     # ---- lifecycle ----
 
@@ -115,7 +116,7 @@ class Sender:
     ) -> tuple[int, dict[str, Any]]:
         try:
             status, answer, replayed = await sendqueue.enqueue(
-                self.sup.store, tid, out, self.sup.clock.now_ms(), self.cfg.queue_max, idempotency
+                self.tx, tid, out, self.sup.clock.now_ms(), self.cfg.queue_max, idempotency
             )
         except sendqueue.IdempotencyConflict:
             raise SendError(
@@ -304,7 +305,7 @@ class Sender:
             raise
         except Exception as e:  # transient (or a bug in an engine): back off, retry
             reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-            n = await sendqueue.count_attempt(self.sup.store, tid, row.id, reason)
+            n = await sendqueue.count_attempt(self.tx, tid, row.id, reason)
             if n >= self.cfg.max_attempts:
                 await self._finish(tid, row, FAILED, error=f"send_failed: {reason}")
                 return True
@@ -340,7 +341,7 @@ class Sender:
         rows = outbox.rows(self.sup.subs, tid, "message.status", data, now_ms)
         ref = row.body.get("ref") or {}
         done = await sendqueue.finish(
-            self.sup.store,
+            self.tx,
             tid,
             row.id,
             status,

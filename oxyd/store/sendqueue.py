@@ -7,10 +7,12 @@ Each write is one call on the database thread (Store.run_tx).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from oxyd.outgoing import Outgoing
 from oxyd.store.db import OUTBOX_INSERT, Store
@@ -20,6 +22,67 @@ _COLS = (
     "seq, id, wa_id, chat, kind, body, status, error, attempts, queued_at_ms, sent_at_ms,"
     " done_at_ms"
 )
+
+
+T = TypeVar("T")
+
+
+class GroupTx:
+    """Many small write transactions as one commit (group commit): requests that arrive while
+    a commit is in flight share the next one, each in its own savepoint, so one item's error
+    undoes only that item. Under load (50 tenants sending, hundreds of requests a second) this
+    turns one commit per queued or sent message into one per round trip to the database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self.commits = 0
+        self.items = 0
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush(), name="oxyd-send-commit")
+        # A caller that gives up still has its item committed (or not) with the others.
+        return await asyncio.shield(fut)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+
+            try:
+                results = await self.store.run_tx(lambda conn, b=batch: _items(conn, b))
+            except BaseException as e:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, Exception) else RuntimeError(e))
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            self.commits += 1
+            self.items += len(batch)
+            for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+
+def _items(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for fn, _ in batch:
+        conn.execute("SAVEPOINT item")
+        try:
+            out.append((True, fn(conn)))
+        except Exception as e:
+            conn.execute("ROLLBACK TO item")
+            out.append((False, e))
+        conn.execute("RELEASE item")
+    return out
 
 
 class QueueFull(Exception):
@@ -85,7 +148,7 @@ def queued_answer(out: Outgoing, now_ms: int) -> dict[str, Any]:
 
 
 async def enqueue(
-    store: Store,
+    group: GroupTx,
     tenant: str,
     out: Outgoing,
     now_ms: int,
@@ -136,7 +199,7 @@ async def enqueue(
             )
         return 202, answer, False
 
-    return await store.run_tx(tx)
+    return await group.run(tx)
 
 
 async def next_queued(store: Store, tenant: str, limit: int) -> list[tuple[Row, bytes | None]]:
@@ -173,7 +236,7 @@ async def depths(store: Store) -> dict[str, int]:
 
 
 async def finish(
-    store: Store,
+    group: GroupTx,
     tenant: str,
     msg_id: str,
     status: str,
@@ -207,10 +270,10 @@ async def finish(
             conn.executemany(OUTBOX_INSERT, outbox_rows)
         return n > 0
 
-    return await store.run_tx(tx)
+    return await group.run(tx)
 
 
-async def count_attempt(store: Store, tenant: str, msg_id: str, error: str) -> int:
+async def count_attempt(group: GroupTx, tenant: str, msg_id: str, error: str) -> int:
     def tx(conn: sqlite3.Connection) -> int:
         conn.execute(
             "UPDATE outgoing SET attempts=attempts+1, error=? WHERE tenant=? AND id=?",
@@ -221,7 +284,7 @@ async def count_attempt(store: Store, tenant: str, msg_id: str, error: str) -> i
         ).fetchone()
         return row[0] if row else 0
 
-    return await store.run_tx(tx)
+    return await group.run(tx)
 
 
 async def expired(store: Store, tenant: str, before_ms: int) -> list[Row]:
