@@ -16,7 +16,7 @@ from helpers import until
 from neonize_fakes import DelayProxy, feeding_host_argv, install_store, make_template
 
 from oxyd import model
-from oxyd.engine import EngineError, NotConnected, SendRejected
+from oxyd.engine import EngineError, NotConnected, Refused, SendRejected
 from oxyd.neonize import wire
 from oxyd.neonize.pool import HostPool
 from oxyd.outgoing import Outgoing, new_wa_id
@@ -67,6 +67,18 @@ def test_wire_round_trips_model_events_and_errors():
     assert type(wire.exception("EngineError", "x")) is EngineError
     assert type(wire.exception("ValueError", "x")) is ValueError
     assert isinstance(wire.exception("SomethingElse", "x"), wire.RemoteError)
+    # Any oxyd dataclass crosses by its qualified name (no registration), foreign ones never.
+    out = Outgoing(id="3EB0AB", chat="4915@s.whatsapp.net", kind="image", body={"a": [1]})
+    assert reader.feed(wire.frame({"v": out}))[0]["v"] == out
+    with pytest.raises(wire.WireError):
+        wire._lookup("os:system")
+    # Exceptions keep their plain attributes (Refused.status, SendRejected.code).
+    refused = wire.Reader().feed(wire.error_frame(1, Refused("not an admin", 406)))[0]
+    again = wire.exception(refused["type"], refused["message"], refused["attrs"])
+    assert type(again) is Refused and again.status == 406
+    rejected = wire.Reader().feed(wire.error_frame(2, SendRejected("invalid_recipient", "no")))[0]
+    again = wire.exception(rejected["type"], rejected["message"], rejected["attrs"])
+    assert type(again) is SendRejected and again.code == "invalid_recipient"
 
 
 async def test_hosts_connect_in_parallel_report_failures_and_forward_methods(

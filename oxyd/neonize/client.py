@@ -427,17 +427,24 @@ class NeonizeClient(PeopleMixin):
         if not self.running:
             raise NotConnected("not connected")
         msg = await sending.build(self, out)
-        async with self.engine.gate.shared():
+
+        async def go_send() -> Any:
             if not self.running or not await self._nc.is_logged_in:
                 raise NotConnected("not connected")
             try:
-                if msg is None:
-                    msg = await sending.build_in_go(self._nc, out, self._own_jid)
-                resp = await self._nc.send_message(to, msg)
+                body = (
+                    msg
+                    if msg is not None
+                    else await sending.build_in_go(self._nc, out, self._own_jid)
+                )
+                return await self._nc.send_message(to, body)
             except (EngineError, NotConnected):
                 raise
             except Exception as e:
                 raise sending.classify(e) from e
+
+        # gate.run: a cancelled caller never frees the gate while Go still sends.
+        resp = await self.engine.gate.run(go_send, exclusive=False)
         return SendResult(resp.ID, tr.to_ms(resp.Timestamp) or self.engine.clock.now_ms())
 
     async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
@@ -445,7 +452,7 @@ class NeonizeClient(PeopleMixin):
 
         from oxyd.neonize import sending
 
-        async with self.engine.gate.shared():
+        async def go_mark() -> None:
             if not self.running:
                 raise NotConnected("not connected")
             try:
@@ -458,6 +465,8 @@ class NeonizeClient(PeopleMixin):
             except Exception as e:
                 raise EngineError(f"mark read failed: {e}") from e
 
+        await self.engine.gate.run(go_mark, exclusive=False)
+
     async def chat_presence(self, chat: str, state: str) -> None:
         from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
@@ -467,7 +476,8 @@ class NeonizeClient(PeopleMixin):
         media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
         if state != "recording":
             media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-        async with self.engine.gate.shared():
+
+        async def go_presence() -> None:
             if not self.running:
                 raise NotConnected("not connected")
             try:
@@ -480,3 +490,5 @@ class NeonizeClient(PeopleMixin):
                 )
             except Exception as e:
                 raise EngineError(f"presence failed: {e}") from e
+
+        await self.engine.gate.run(go_presence, exclusive=False)

@@ -183,7 +183,9 @@ class Host:
             if op == "result":
                 fut.set_result(f.get("value"))
             else:
-                fut.set_exception(wire.exception(f.get("type", ""), f.get("message", "")))
+                fut.set_exception(
+                    wire.exception(f.get("type", ""), f.get("message", ""), f.get("attrs"))
+                )
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

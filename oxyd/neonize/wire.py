@@ -2,16 +2,17 @@
 
 A frame is a 4-byte big-endian length and one msgpack map. Values are plain data; three
 msgpack extension types carry what plain msgpack would flatten, so that any frozen dataclass
-of oxyd.model (or oxyd.engine) crosses the pipe by class name with no per-class code:
+of an oxyd module (oxyd.model, oxyd.outgoing, ...) crosses the pipe by its qualified class name
+(`oxyd.model:Message`) with no per-class code or registration:
 
-  EXT_OBJECT  a dataclass: [class name, [field values in declaration order]]
+  EXT_OBJECT  a dataclass: ["module:Class", [field values in declaration order]]
   EXT_TUPLE   a tuple (model fields are tuples; msgpack would hand back lists)
-  EXT_ENUM    a str enum member: [class name, value]
+  EXT_ENUM    a str enum member: ["module:Class", value]
 
 Frames (`op` says which):
   {"op": "call", "id", "tenant", "method", "args", "kwargs"}  parent -> host
   {"op": "cancel", "id"}                                      parent -> host
-  {"op": "result", "id", "value"} / {"op": "error", "id", "type", "message"}
+  {"op": "result", "id", "value"} / {"op": "error", "id", "type", "message", "attrs"}
   {"op": "events", "items": [[tenant, event], ...]}           host -> parent, in order
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import enum
+import importlib
 import struct
 from typing import Any
 
@@ -53,15 +55,33 @@ _CLASSES: dict[str, Any] = {}
 
 
 def _lookup(name: str) -> Any:
+    """The class a wire name stands for: `module:QualName` of an oxyd module (imported on first
+    use: new plain-data classes need no registration), or a bare name in model/engine."""
     cls = _CLASSES.get(name)
     if cls is not None:
         return cls
+    module, _, qualname = name.rpartition(":")
+    if module:
+        if module != "oxyd" and not module.startswith("oxyd."):
+            raise WireError(f"type {name!r} is not oxyd's")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            raise WireError(f"unknown type {name!r} on the wire") from None
+        _CLASSES[name] = obj
+        return obj
     for mod in _MODULES:
         obj = getattr(mod, name, None)
         if obj is not None:
             _CLASSES[name] = obj
             return obj
     raise WireError(f"unknown type {name!r} on the wire")
+
+
+def _wire_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _default(obj: Any) -> Any:
@@ -72,10 +92,10 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return msgpack.ExtType(EXT_TUPLE, pack(list(obj)))
     if isinstance(obj, enum.Enum):
-        return msgpack.ExtType(EXT_ENUM, pack([type(obj).__name__, obj.value]))
+        return msgpack.ExtType(EXT_ENUM, pack([_wire_name(type(obj)), obj.value]))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = tuple(f.name for f in dataclasses.fields(obj))
-        _FIELDS[type(obj)] = (type(obj).__name__, names)
+        _FIELDS[type(obj)] = (_wire_name(type(obj)), names)
         return _default(obj)
     if isinstance(obj, str | int | float | bytes):  # subclasses (strict_types sends them here)
         for base in (str, bytes, int, float):  # bool is an int: keep it first-class below
@@ -115,22 +135,36 @@ def frame(obj: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def error_frame(call_id: int, exc: BaseException) -> bytes:
+    # Plain attributes travel too (Refused.status, SendRejected.code).
+    attrs = {k: v for k, v in vars(exc).items() if isinstance(v, _PLAIN)}
     return frame(
-        {"op": "error", "id": call_id, "type": type(exc).__name__, "message": str(exc)[:2000]}
+        {
+            "op": "error",
+            "id": call_id,
+            "type": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "attrs": attrs,
+        }
     )
 
 
-def exception(type_name: str, message: str) -> BaseException:
+def exception(type_name: str, message: str, attrs: dict[str, Any] | None = None) -> BaseException:
     """Rebuild an exception from the host: engine errors (EngineError, NotConnected and any
-    other Exception subclass in oxyd.engine) and builtin ones keep their type."""
+    other Exception subclass in oxyd.engine) and builtin ones keep their type and attributes."""
     cls = getattr(engine_module, type_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = getattr(builtins, type_name, None)
         if not (isinstance(cls, type) and issubclass(cls, Exception)):
             return RemoteError(f"{type_name}: {message}")
     try:
-        return cls(message)
+        exc = cls(message)
+        for k, v in (attrs or {}).items():
+            setattr(exc, k, v)
+        return exc
     except Exception:
         return RemoteError(f"{type_name}: {message}")
 
