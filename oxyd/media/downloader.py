@@ -10,8 +10,7 @@ re-upload request to the phone, then a second download; only then does the row f
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from oxyd.clock import Clock
 from oxyd.config import MediaConfig
 from oxyd.engine import Client, EngineError, NotConnected
 from oxyd.media import files
+from oxyd.media.queue import PAGE, FairQueue
 from oxyd.store import outbox
 from oxyd.store.media import FAILED, PENDING, SKIPPED, STORED, Job, MediaTable, Outcome
 
 MIB = 1 << 20
-PAGE = 200  # rows loaded per tenant at a time: memory stays bounded with any backlog
 OFFLINE_RETRY_S = 30.0  # a tenant that is not connected: look again later, no attempt spent
 
 # client_of(tenant) -> (client, connected) or None when the tenant is gone.
@@ -52,13 +51,7 @@ class Downloads:
         # (tenant, sha256) whose file is being put in place or reused and whose row does not
         # say stored yet: retention leaves these alone (see oxyd/media/retention.py).
         self.committing: Counter[tuple[str, str]] = Counter()
-        self._queues: dict[str, deque[Job]] = {}
-        self._ready: deque[str] = deque()
-        self._more: set[str] = set()
-        self._cursor: dict[str, int] = {}
-        self._known: set[int] = set()
-        self._delayed: list[tuple[int, int, Job]] = []
-        self._busy: dict[tuple[str, str], list[Job]] = {}  # same file in flight: wait for it
+        self._queue = FairQueue()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -96,7 +89,7 @@ class Downloads:
 
     @property
     def queue_depth(self) -> int:
-        return sum(len(q) for q in self._queues.values()) + len(self._delayed)
+        return self._queue.depth
 
     @property
     def in_flight(self) -> int:
@@ -105,90 +98,36 @@ class Downloads:
     # ---- scheduling ----
 
     async def _loop(self) -> None:
+        q = self._queue
         while True:
             # Cleared before the work, not after: a wake() during an await below must not be
             # lost (it leaves the event set, so the wait returns at once).
             self._wake.clear()
             if self._dirty:
                 self._dirty = False
-                for tenant in await self.table.pending_tenants():
-                    self._more.add(tenant)
-            await self._refill()
-            self._release_due()
-            while self._in_flight < self.cfg.concurrency and (job := self._next()) is not None:
+                q.may_have_more(await self.table.pending_tenants())
+            for tenant, cursor in q.to_refill():
+                jobs = await self.table.pending(tenant, cursor, PAGE)
+                q.loaded(tenant, jobs, self.clock.now_ms())
+            q.release_due(self.clock.now_ms())
+            while self._in_flight < self.cfg.concurrency and (job := q.next()) is not None:
                 self._launch(job)
+            if q.page_due:
+                self._wake.set()
             await self._wait()
 
     async def _wait(self) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())
         aws: set[asyncio.Future] = {waiter}
-        if self._delayed and self._in_flight < self.cfg.concurrency:
-            due_s = max(0.0, (self._delayed[0][0] - self.clock.now_ms()) / 1000)
+        due_ms = self._queue.next_due_ms
+        if due_ms is not None and self._in_flight < self.cfg.concurrency:
+            due_s = max(0.0, (due_ms - self.clock.now_ms()) / 1000)
             aws.add(asyncio.ensure_future(self.clock.sleep(due_s)))
         try:
             await asyncio.wait(aws, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for a in aws:
                 a.cancel()
-
-    async def _refill(self) -> None:
-        for tenant in list(self._more):
-            q = self._queues.get(tenant)
-            if q is not None and len(q) >= PAGE // 4:
-                continue
-            jobs = await self.table.pending(tenant, self._cursor.get(tenant, 0), PAGE)
-            if len(jobs) < PAGE:
-                self._more.discard(tenant)
-            if jobs:
-                self._cursor[tenant] = jobs[-1].id
-            now_ms = self.clock.now_ms()
-            for job in jobs:
-                if job.next_attempt_ms > now_ms:
-                    self._delay(job, job.next_attempt_ms)
-                else:
-                    self._enqueue(job)
-
-    def _enqueue(self, job: Job, *, front: bool = False) -> None:
-        self._known.add(job.id)
-        q = self._queues.get(job.tenant)
-        if q is None:
-            q = self._queues[job.tenant] = deque()
-        if not q:
-            self._ready.append(job.tenant)
-        q.appendleft(job) if front else q.append(job)
-
-    def _delay(self, job: Job, due_ms: int) -> None:
-        self._known.add(job.id)
-        heapq.heappush(self._delayed, (due_ms, job.id, job))
-
-    def _release_due(self) -> None:
-        now_ms = self.clock.now_ms()
-        while self._delayed and self._delayed[0][0] <= now_ms:
-            _, _, job = heapq.heappop(self._delayed)
-            self._enqueue(job)
-
-    def _next(self) -> Job | None:
-        """Round-robin over tenants with queued jobs: one job per tenant per turn."""
-        while self._ready:
-            tenant = self._ready.popleft()
-            q = self._queues.get(tenant)
-            if not q:
-                continue
-            job = q.popleft()
-            if q:
-                self._ready.append(tenant)
-            else:
-                del self._queues[tenant]
-                if tenant in self._more:
-                    self._wake.set()  # its next page is due
-            key = (job.tenant, job.expected_sha256 or "")
-            if job.expected_sha256 and key in self._busy:
-                self._busy[key].append(job)  # the same file is downloading: reuse it after
-                continue
-            if job.expected_sha256:
-                self._busy[key] = []
-            return job
-        return None
 
     def _launch(self, job: Job) -> None:
         self._in_flight += 1
@@ -208,9 +147,7 @@ class Downloads:
             await self._transient(job, f"internal error: {type(e).__name__}: {e}")
         finally:
             self._in_flight -= 1
-            key = (job.tenant, job.expected_sha256 or "")
-            for waiter in self._busy.pop(key, []) if job.expected_sha256 else []:
-                self._enqueue(waiter, front=True)
+            self._queue.finished(job)
             self._wake.set()
 
     # ---- one download ----
@@ -219,7 +156,7 @@ class Downloads:
         log = logger.bind(tenant=job.tenant)
         found = self.client_of(job.tenant)
         if found is None:
-            self._known.discard(job.id)  # tenant removed: nothing to do
+            self._queue.forget(job.id)  # tenant removed: nothing to do
             return
         client, connected = found
         quota = self._quota_bytes()
@@ -334,7 +271,7 @@ class Downloads:
         self.results["reuploaded"] += 1
         job.reuploaded, job.ref = True, ref
         await self.table.reschedule(job, next_attempt_ms=0, reason=why, ref=ref)
-        self._enqueue(job, front=True)
+        self._queue.enqueue(job, front=True)
 
     async def _transient(self, job: Job, why: str) -> None:
         job.attempts += 1
@@ -348,7 +285,7 @@ class Downloads:
     async def _later(self, job: Job, delay_s: float, why: str) -> None:
         due_ms = self.clock.now_ms() + int(delay_s * 1000)
         await self.table.reschedule(job, next_attempt_ms=due_ms, reason=why)
-        self._delay(job, due_ms)
+        self._queue.delay(job, due_ms)
 
     async def _over_quota(self, job: Job, quota: int) -> None:
         used = self.bytes_by_tenant[job.tenant]
@@ -383,7 +320,7 @@ class Downloads:
         count: bool = True,
     ) -> None:
         await self._finish(Outcome(job, status, reason, sha256, size))
-        self._known.discard(job.id)
+        self._queue.forget(job.id)
         if count:
             self.results[status] += 1
         if status == FAILED:
@@ -424,7 +361,7 @@ class Downloads:
         to a request made by hand, the size bound and the quota do. Returns (queued now, the
         row); (False, None) when the message has no media."""
         job = await self.table.by_wa_id(tenant, wa_id)
-        if job is None or job.status not in (FAILED, SKIPPED) or job.id in self._known:
+        if job is None or job.status not in (FAILED, SKIPPED) or self._queue.knows(job.id):
             return False, job
         if not job.ref:
             raise EngineError("this media has no download reference: it cannot be fetched")
@@ -433,7 +370,7 @@ class Downloads:
         await self.table.requeue(job, self.clock.now_ms())
         job.status, job.attempts, job.reuploaded, job.reason = PENDING, 0, False, None
         self._quota_alerted.discard(tenant)
-        self._enqueue(job, front=True)
+        self._queue.enqueue(job, front=True)
         self._wake.set()
         return True, job
 

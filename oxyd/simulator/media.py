@@ -183,22 +183,24 @@ async def stream_to_file(content: aiohttp.StreamReader, dest: str, max_bytes: in
     total = 0
     pending: asyncio.Future | None = None
     try:
-        buf = bytearray()
+        # Chunks are handed over as they came (a list, no copy on the event loop).
+        parts: list[bytes] = []
+        held = 0
         async for chunk in content.iter_chunked(WRITE_BYTES):
             total += len(chunk)
             if total > max_bytes:
                 return {"status": "too_large", "error": f"more than {max_bytes} bytes"}
-            buf += chunk
-            if len(buf) >= WRITE_BYTES:
-                data = bytes(buf)
-                buf.clear()
+            parts.append(chunk)
+            held += len(chunk)
+            if held >= WRITE_BYTES:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(out.write, data))
+                pending = asyncio.ensure_future(asyncio.to_thread(out.write, parts))
+                parts, held = [], 0
         if pending is not None:
             await pending
             pending = None
-        await asyncio.to_thread(out.write, bytes(buf), True)
+        await asyncio.to_thread(out.write, parts, True)
     finally:
         if pending is not None:  # a thread cannot be stopped mid-write: let it finish first
             await asyncio.wait({pending})
@@ -215,11 +217,12 @@ class _HashedFile:
         self.f: Any = None
         self.h = hashlib.sha256()
 
-    def write(self, data: bytes, last: bool = False) -> None:
+    def write(self, parts: list[bytes], last: bool = False) -> None:
         if self.f is None:
             self.f = open(self.path, "wb")
-        self.f.write(data)
-        self.h.update(data)
+        for data in parts:
+            self.f.write(data)
+            self.h.update(data)
         if last:
             self.close()
 

@@ -73,7 +73,8 @@ def policy_status(cfg: MediaConfig, m: Message, *, manual: bool = False) -> tupl
     the switches that say "not automatically", never the size bound."""
     media = m.media
     if media is None or not media.ref:
-        return SKIPPED, "the engine gave no download reference"
+        # A message sent through oxyd's API has no CDN reference to fetch it back by.
+        return SKIPPED, "no download reference (a message sent through this API keeps no copy)"
     if media.size_bytes is not None and media.size_bytes > cfg.max_bytes:
         return SKIPPED, f"{media.size_bytes} bytes is over media.max_bytes ({cfg.max_bytes})"
     if manual:
