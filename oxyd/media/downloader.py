@@ -53,6 +53,7 @@ class Downloads:
         self.committing: Counter[tuple[str, str]] = Counter()
         self._queue = FairQueue()
         self._in_flight = 0
+        self._slots: set[int] = set()  # jobs holding a transfer slot
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._dirty = True
@@ -131,6 +132,7 @@ class Downloads:
 
     def _launch(self, job: Job) -> None:
         self._in_flight += 1
+        self._slots.add(job.id)
         task = asyncio.create_task(self._guarded(job), name=f"oxyd-media-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -146,8 +148,16 @@ class Downloads:
             )
             await self._transient(job, f"internal error: {type(e).__name__}: {e}")
         finally:
-            self._in_flight -= 1
+            self._free_slot(job)
             self._queue.finished(job)
+            self._wake.set()
+
+    def _free_slot(self, job: Job) -> None:
+        """media.concurrency bounds transfers: a finished transfer frees its slot before the
+        file is flushed, moved and its row written, so the next download starts meanwhile."""
+        if job.id in self._slots:
+            self._slots.discard(job.id)
+            self._in_flight -= 1
             self._wake.set()
 
     # ---- one download ----
@@ -185,6 +195,7 @@ class Downloads:
                 await self._transient(job, f"download failed: {e}")
                 return
             status = res.get("status")
+            self._free_slot(job)
             if status == "ok":
                 kept = await self._store(job, partial, res["sha256"], int(res["size"]))
             elif status == "expired":
