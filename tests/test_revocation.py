@@ -94,3 +94,18 @@ async def test_restart_is_rate_limited_per_tenant(tmp_path, monkeypatch):
         assert r.status == 202
     finally:
         await hx.close()
+
+
+async def test_a_stream_that_missed_the_close_ends_at_its_next_keepalive(tmp_path, monkeypatch):
+    monkeypatch.setattr(page, "TICK_S", 0.02)
+    monkeypatch.setattr(page, "KEEPALIVE_S", 0.1)
+    hx = await Harness.start(tmp_path, monkeypatch)
+    try:
+        await hx.add("a")
+        token = await hx.token("a")
+        stream = await _open_stream(hx, token)
+        # Revoked behind the route's back (the race: auth read the token just before).
+        await hx.app.store.revoke_tokens("a")
+        assert await _ended(stream)
+    finally:
+        await hx.close()

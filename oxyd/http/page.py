@@ -205,7 +205,19 @@ async def _pump(
             if queue not in sup.listeners:
                 return  # dropped by publish() for falling behind: the page reconnects
             if loop.time() - last_write >= KEEPALIVE_S:
+                if own is not None and not await _still_allowed(request, own):
+                    return
                 await _send(resp, b": keep-alive\n\n")
                 last_write = loop.time()
     finally:
         stopping.cancel()
+
+
+async def _still_allowed(request: web.Request, own: str) -> bool:
+    """A revocation closes open streams at once (close_tenant_streams); this catches the one
+    whose token was checked just before the revocation committed, within KEEPALIVE_S."""
+    app = request.app[APP]
+    if own not in app.supervisor.runners:
+        return False
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return await app.store.token_tenant(token) == own
