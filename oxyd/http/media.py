@@ -13,16 +13,17 @@ import re
 from aiohttp import web
 
 from oxyd.engine import EngineError
-from oxyd.http.access import tenant_id
-from oxyd.http.inputs import no_body
+from oxyd.http import shapes as s
 from oxyd.http.keys import APP
+from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.media import files
 from oxyd.media.downloader import Downloads
 
 table = web.RouteTableDef()
 
-MSG_ID_RE = re.compile(r"[0-9A-Za-z._:-]{1,128}")
+MSG_ID_PATTERN = r"^[0-9A-Za-z._:-]{1,128}$"
+BYTES = {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}
 MIME_RE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,127}(; ?[\w.+-]+=[\w.+\"-]+)*")
 # Types a browser would run or render as a page: always a download, never inline.
 ACTIVE_TYPES = (
@@ -42,10 +43,23 @@ def _not_found(sha256: str) -> ApiError:
     return ApiError(404, "media_not_found", f"no stored media {sha256[:80]!r} for this tenant")
 
 
-@table.get("/v1/tenants/{id}/media/{sha256}")
-async def get_media(request: web.Request) -> web.StreamResponse:
-    tid = tenant_id(request)
-    sha = request.match_info["sha256"]
+@operation(
+    table.get,
+    "/v1/tenants/{id}/media/{sha256}",
+    "A stored media file (sendfile; Range, ETag, If-None-Match)",
+    ok=(200, BYTES),
+    # No pattern: a malformed hash answers 404 exactly like one this tenant never received.
+    path_params={"sha256": s.string(max_length=128)},
+    errors=(404, 416),
+    responses={
+        206: {**BYTES, "description": "The requested range"},
+        304: {"description": "Not modified (If-None-Match)"},
+    },
+)
+async def get_media(request: web.Request, inp: Input) -> web.StreamResponse:
+    tid = inp.tenant
+    assert tid is not None
+    sha = inp.path["sha256"]
     if not files.SHA256_RE.fullmatch(sha):
         raise _not_found(sha)
     app = request.app[APP]
@@ -90,13 +104,19 @@ def _check_range(request: web.Request, size: int) -> None:
         raise unsatisfiable
 
 
-@table.post("/v1/tenants/{id}/messages/{msg_id}/media")
-async def retry_media(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    await no_body(request)
-    msg_id = request.match_info["msg_id"]
-    if not MSG_ID_RE.fullmatch(msg_id):
-        raise ApiError(404, "message_not_found", "no message with this id")
+@operation(
+    table.post,
+    "/v1/tenants/{id}/messages/{msg_id}/media",
+    "Download a message's media again (after failed or skipped)",
+    ok=(202, s.json_response(s.ref("Message"), "The message: 202 queued, 200 stored already")),
+    path_params={"msg_id": s.string(pattern=MSG_ID_PATTERN)},
+    errors=(404, 409),
+    responses={200: s.json_response(s.ref("Message"), "Stored already: nothing to do")},
+)
+async def retry_media(request: web.Request, inp: Input) -> web.Response:
+    tid = inp.tenant
+    assert tid is not None
+    msg_id = inp.path["msg_id"]
     store = request.app[APP].store
     try:
         queued, job = await downloads(request).retry(tid, msg_id)

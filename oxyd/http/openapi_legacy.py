@@ -260,9 +260,6 @@ def _op(
 
 
 TENANT_OK = _json(_ref("Tenant"), "The tenant object")
-BYTES = {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}
-MSG_ID_PARAM = {"name": "msg_id", "in": "path", "required": True, "schema": STR}
-SHA_PARAM = {"name": "sha256", "in": "path", "required": True, "schema": STR}
 READY = _json(_obj({"status": STR, "checks": {"type": "object"}}, ("status", "checks")))
 
 
@@ -290,27 +287,6 @@ def _archive_ops() -> dict[str, Any]:
 
 def paths() -> dict[str, Any]:
     return {
-        "/v1/tenants/{id}/messages/{msg_id}/media": {
-            "post": _op(
-                "Download a message's media again (after failed or skipped)",
-                202,
-                _json(_ref("Message"), "The message; 202 queued, 200 stored already"),
-                (409,),
-                params=[MSG_ID_PARAM],
-                reads_body=True,
-            )
-        },
-        "/v1/tenants/{id}/media/{sha256}": {
-            "get": {
-                **_op("A stored media file (Range, ETag, 304)", 200, BYTES, (), params=[SHA_PARAM]),
-                "responses": {
-                    "200": BYTES,
-                    "206": {**BYTES, "description": "The requested range"},
-                    "304": {"description": "Not modified (If-None-Match)"},
-                    **_errors(400, 401, 404, 416),
-                },
-            }
-        },
         "/v1/tenants/{id}/archive": _archive_ops(),
         "/v1/tenants/{id}/simulate": {
             "post": _op(
