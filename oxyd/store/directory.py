@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from oxyd import model as m
+from oxyd.store.batch import IN_CHUNK
 from oxyd.store.db import Store, decode_cursor, encode_cursor
 from oxyd.store.people_events import GROUP_COLS, LID, PHONE, group_from_row, upsert_group
 
@@ -77,13 +78,17 @@ class Directory:
     async def cached_lookups(
         self, tenant: str, phones: list[str], fresh_after_ms: int
     ) -> dict[str, m.LookupResult]:
-        marks = ",".join("?" * len(phones))
-        async with self.store.ro.execute(
-            "SELECT phone, on_whatsapp, jid, lid FROM lookups WHERE tenant = ?"
-            f" AND phone IN ({marks}) AND checked_at_ms > ?",
-            (tenant, *phones, fresh_after_ms),
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = []
+        # Chunked like every IN list built from input (the API caps phones; this does not rely
+        # on it): a long list would be a statement SQLite refuses every time.
+        for i in range(0, len(phones), IN_CHUNK):
+            chunk = phones[i : i + IN_CHUNK]
+            async with self.store.ro.execute(
+                "SELECT phone, on_whatsapp, jid, lid FROM lookups WHERE tenant = ?"
+                f" AND phone IN ({','.join('?' * len(chunk))}) AND checked_at_ms > ?",
+                (tenant, *chunk, fresh_after_ms),
+            ) as cur:
+                rows += await cur.fetchall()
         return {r[0]: m.LookupResult(r[0], bool(r[1]), r[2], r[3]) for r in rows}
 
     async def save_lookups(self, tenant: str, results: list[m.LookupResult], now_ms: int) -> None:
