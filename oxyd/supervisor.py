@@ -364,6 +364,8 @@ class Supervisor:
         logger.bind(tenant=tenant_id).info("tenant added ({} engine)", engine)
         async with r.lock:
             if await r.paired():  # simulator tenants start paired
+                # The answer says what happens next: it is connecting by itself, not "new".
+                await r.set(State.CONNECTING, None)
                 r.spawn("connect")
         return self.tenant_json(r)
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 from loguru import logger
 
 from oxyd.engine import EngineError
@@ -18,6 +19,9 @@ from oxyd.http.replies import STATUS_CODES, ApiError, error_response
 from oxyd.supervisor import TenantError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What aiohttp decompresses itself (br and zstd only with optional libraries: not relied on).
+DECODED_ENCODINGS = ("identity", "gzip", "deflate")
+_ENCODING_ERRORS = (http_exceptions.ContentEncodingError, http_exceptions.TransferEncodingError)
 
 
 def _http_exception_message(request: web.Request, e: web.HTTPException) -> str:
@@ -31,8 +35,25 @@ def _http_exception_message(request: web.Request, e: web.HTTPException) -> str:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding and encoding not in DECODED_ENCODINGS:
+        # aiohttp passes an encoding it does not know through as if it were identity: the body
+        # would be read as garbage (or worse, as valid JSON by accident).
+        return error_response(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding must be one of {list(DECODED_ENCODINGS)} (or none)",
+        )
     try:
         return await handler(request)
+    except (http_exceptions.HttpProcessingError, RequestPayloadError) as e:
+        # The body's framing or compression broke while a handler read it (bad gzip, a chunk
+        # that is not one): the client's fault, and the connection cannot be reused.
+        cause = e.__cause__ if isinstance(e, RequestPayloadError) else e
+        code = "bad_encoding" if isinstance(cause, _ENCODING_ERRORS) else "bad_request"
+        resp = error_response(400, code, "the request body could not be decoded")
+        resp.force_close()
+        return resp
     except ApiError as e:
         return error_response(e.status, e.code, e.message, e.headers)
     except TenantError as e:

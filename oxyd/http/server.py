@@ -29,6 +29,7 @@ from oxyd.http import (
 from oxyd.http.access import auth
 from oxyd.http.keys import APP
 from oxyd.http.middleware import errors, invalidate_on_write, metrics_middleware
+from oxyd.http.protocol import JsonErrorsRunner
 
 
 def make_app(app: App) -> web.Application:
@@ -94,7 +95,7 @@ def bind(host: str, port: int) -> list[socket.socket]:
 
 
 async def serve(app: App, socks: list[socket.socket] | None = None) -> web.AppRunner:
-    runner = web.AppRunner(make_app(app), access_log=None, handle_signals=False)
+    runner = JsonErrorsRunner(make_app(app), access_log=None, handle_signals=False)
     await runner.setup()
     if socks is None:
         socks = bind(app.cfg.http.host, app.cfg.http.port)

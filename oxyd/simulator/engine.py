@@ -306,7 +306,7 @@ class SimulatorClient(PeopleMixin):
                     raw=(text or "").encode()[:64],
                 )
             )
-        return {"delivered": self.connected and not self.stalled, "ids": ids[:1000]}
+        return {"delivered": self.connected and not self.stalled, "ids": ids}
 
     async def _a_receipt(self, a: dict[str, Any]) -> dict[str, Any]:
         ids = _field(a, "ids", list, required=True)
