@@ -14,6 +14,7 @@ from oxyd.clock import RealClock
 from oxyd.config import MediaConfig
 from oxyd.engine import NotConnected
 from oxyd.media.downloader import Downloads
+from oxyd.model import ClientDead as model_dead
 from oxyd.neonize import events as tr
 from oxyd.neonize import media as nmedia
 from oxyd.neonize.engine import NeonizeEngine, import_neonize
@@ -192,3 +193,43 @@ async def test_download_without_a_session_is_a_clear_retryable_failure(tmp_path)
     finally:
         await store.close()
     assert await engine.close()
+
+
+async def test_download_through_an_engine_host_with_no_network(tmp_path):
+    """The same calls through an engine host process (neonize.hosts): plain data crosses
+    the pipe; no session means NotConnected, of the same type; the refusal of a re-upload
+    keeps its reason; nothing is written."""
+    from neonize_fakes import DelayProxy, install_store, make_template
+
+    from oxyd.engine import EngineError as EngineErrorType
+    from oxyd.neonize.pool import HostPool
+
+    ref = tr.message_from_event(
+        event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
+    ).media.ref
+    with DelayProxy(0.1) as proxy:
+        (tmp_path / "template").mkdir()
+        template = make_template(tmp_path / "template", proxy.url)
+        pool = HostPool(tmp_path, hosts=1, proxy=proxy.url)
+        got: list = []
+        try:
+            await pool.start()
+            install_store(template, tmp_path, "hosted")
+            client = pool.client("hosted", got.append)
+            dest = tmp_path / "x.part"
+            with pytest.raises(NotConnected):
+                await client.download_media(ref, str(dest), 1 << 20)
+            await client.connect()  # the dial fails at the local proxy (502)
+            await until(lambda: any(isinstance(e, model_dead) for e in got), 30, "dial failed")
+            with pytest.raises(NotConnected):
+                await client.download_media(ref, str(dest), 1 << 20)
+            with pytest.raises(EngineErrorType, match="re-upload"):
+                await client.request_media_reupload(ref, ANN, ANN, "X", False)
+            big = tr.message_from_event(
+                event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10**9, **COMMON)))
+            ).media.ref
+            assert (await client.download_media(big, str(dest), 1 << 20))["status"] == "too_large"
+            assert not dest.exists()
+            await client.stop()
+        finally:
+            assert await pool.close()
