@@ -203,6 +203,7 @@ class PeopleMixin:
     def _people_init(self) -> None:
         self._seen_lids: set[str] = set()
         self._seen_names: set[tuple[str, str]] = set()
+        self._online = False  # "available" was sent in this session
         self._tasks: set[asyncio.Task] = set()
 
     async def _live(self, fn, *args: Any) -> Any:
@@ -231,13 +232,17 @@ class PeopleMixin:
             raise EngineError(f"{what} failed: {e}") from e
 
     async def _presence(self) -> None:
+        """Available while `mark_online`; unavailable once, when it was turned off."""
         from neonize.utils.enum import Presence
 
-        want = Presence.AVAILABLE if self.settings.get("mark_online") else None
-        if want is None:
+        online = bool(self.settings.get("mark_online"))
+        if not online and not self._online:
             return
         try:
-            await self._live(self._nc.send_presence, want)
+            await self._live(
+                self._nc.send_presence, Presence.AVAILABLE if online else Presence.UNAVAILABLE
+            )
+            self._online = online
         except Exception as e:
             log.warning("neonize %s: presence not sent: %s", self.tenant_id, e)
 
@@ -253,6 +258,7 @@ class PeopleMixin:
         return []
 
     def _people_connected(self) -> None:
+        self._online = False  # a new session starts with no presence sent
         if self.settings.get("mark_online"):
             self._spawn(self._presence())
 
