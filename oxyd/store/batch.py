@@ -81,7 +81,7 @@ def apply(
     max_before = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
     if people:  # learned mappings first: this batch's messages get them too
         people_events.apply(conn, people, subs, events, now_ms)
-    rows = people_events.fill_alts(conn, rows, live)
+    rows = people_events.fill_alts(conn, rows, live, subs)
     if rows:
         conn.executemany(INSERT_MESSAGE, rows)
     synced = []

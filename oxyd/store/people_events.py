@@ -89,9 +89,14 @@ def _candidate(jid: str | None) -> bool:
     return jid is not None and (jid.endswith(LID) or jid.endswith(PHONE))
 
 
-def fill_alts(conn: sqlite3.Connection, rows: list[tuple], live: dict) -> list[tuple]:
+def fill_alts(
+    conn: sqlite3.Connection,
+    rows: list[tuple],
+    live: dict,
+    subs: outbox.Subscriptions | None = None,
+) -> list[tuple]:
     """Message rows with `chat_alt`/`sender_alt` filled from the LID map where the engine gave
-    none; the live items (webhook payloads) get the same values."""
+    none; the live items of tenants with a message webhook (its payload) get the same values."""
     if not rows or conn.execute("SELECT 1 FROM lid_map LIMIT 1").fetchone() is None:
         return rows
     need: set[tuple[str, str]] = set()
@@ -110,12 +115,17 @@ def fill_alts(conn: sqlite3.Connection, rows: list[tuple], live: dict) -> list[t
         if chat_alt != r[_CHAT_ALT] or sender_alt != r[_SENDER_ALT]:
             r = (*r[:_CHAT_ALT], chat_alt, sender_alt, *r[_SENDER_ALT + 1 :])
             it = live.get((r[_TENANT], r[_CHAT], r[_SENDER], r[_WA_ID]))
-            if it is not None:
+            # A payload copy only for a webhook that will carry it: replace() is the cost here.
+            if it is not None and subs is not None and _hooked(subs, r[_TENANT]):
                 it.payload = dataclasses.replace(
                     it.payload, chat_alt=chat_alt, sender_alt=sender_alt
                 )
         out.append(r)
     return out
+
+
+def _hooked(subs: outbox.Subscriptions, tenant: str) -> bool:
+    return subs.wants(tenant, "message.received") or subs.wants(tenant, "message.sent")
 
 
 def _other_forms(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> dict:
