@@ -26,12 +26,21 @@ class NotConnected(EngineError):
 
 
 class Refused(EngineError):
-    """WhatsApp refused a request as a whole (not a group admin, not in the group, an invalid
-    invite); `status` is WhatsApp's own code (403, 404, 406, ...)."""
+    """WhatsApp refused a request as a whole (not a group admin, privacy); `status` is
+    WhatsApp's own code (403, 406, ...)."""
 
-    def __init__(self, message: str, status: int = 403) -> None:
+    default_status = 403
+
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = status or self.default_status
+
+
+class NotFound(Refused):
+    """No such group, not in it, an invalid or reset invite (404). A type of its own: the
+    engine host's pipe rebuilds an exception from its type name and message only."""
+
+    default_status = 404
 
 
 class SendRejected(EngineError):

@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from oxyd import model as m
-from oxyd.engine import NotConnected, Refused
+from oxyd.engine import NotConnected, NotFound, Refused
 from oxyd.model import State
 from oxyd.store.directory import Directory
 from oxyd.store.people_events import group_json
@@ -69,10 +69,10 @@ class People:
             raise TenantError(
                 "engine_timeout", f"WhatsApp did not answer within {CALL_TIMEOUT_S:g}s", 504
             ) from None
+        except NotFound as e:
+            raise TenantError("not_found", str(e), 404) from e
         except Refused as e:
-            status = 404 if e.status == 404 else 403
-            code = "not_found" if status == 404 else "not_allowed"
-            raise TenantError(code, str(e), status) from e
+            raise TenantError("not_allowed", str(e), 403) from e
 
     def _learned(self, tenant: str, pairs: list[tuple[str, str]]) -> None:
         """LID <-> phone pairs learned from an answer: stored (and backfilled) by the writer."""

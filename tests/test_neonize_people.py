@@ -218,3 +218,17 @@ async def test_group_and_call_events_through_neonize_dispatch(tmp_path):
     assert isinstance(got[4], m.Message) and len(got) == 5  # learned once, not per message
     assert not any(isinstance(e, m.CallRejected) for e in got)
     assert await engine.close()
+
+
+def test_people_values_cross_the_engine_host_pipe():
+    from oxyd.engine import NotFound, Refused
+    from oxyd.neonize import wire
+
+    g = p.group(group_info())
+    assert wire.unpack(wire.pack(g)) == g  # nested Participant tuple included
+    results = [m.LookupResult("4915111111111", True, ANN, ANN_LID), m.Picture("id", b"\xff")]
+    assert wire.unpack(wire.pack(results)) == results
+    err = wire.exception("NotFound", "no such group")
+    assert isinstance(err, NotFound) and err.status == 404
+    assert wire.exception("Refused", "not an admin").status == 403
+    assert isinstance(err, Refused)

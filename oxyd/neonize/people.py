@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from oxyd import model as m
-from oxyd.engine import EngineError, NotConnected, Refused
+from oxyd.engine import EngineError, NotConnected, NotFound, Refused
 from oxyd.neonize.events import jid_str, parse_jid, to_ms
 
 log = logging.getLogger("oxyd.neonize")
@@ -228,7 +228,8 @@ class PeopleMixin:
         except Exception as e:
             status = refusal_status(str(e))
             if status is not None:
-                raise Refused(f"{what}: {e}", status) from e
+                cls = NotFound if status == 404 else Refused
+                raise cls(f"{what}: {e}", status) from e
             raise EngineError(f"{what} failed: {e}") from e
 
     async def _presence(self) -> None:

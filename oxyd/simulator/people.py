@@ -18,7 +18,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from oxyd import model as m
-from oxyd.engine import NotConnected, Refused
+from oxyd.engine import NotConnected, NotFound, Refused
 from oxyd.simulator.actions import SimulationError, field
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class PeopleMixin:
     async def _member_group(self: SimulatorClient, jid: str, own: str) -> dict[str, Any]:
         g = (await self._world())["groups"].get(jid)
         if g is None or own not in g["participants"]:
-            raise Refused(f"{jid}: no such group, or this account is not in it", 404)
+            raise NotFound(f"{jid}: no such group, or this account is not in it")
         return g
 
     async def group(self: SimulatorClient, jid: str) -> m.Group:
@@ -226,7 +226,7 @@ class PeopleMixin:
         world = await self._world()
         g = await self._member_group(jid, own)
         if g["participants"].get(own) not in ("admin", "superadmin"):
-            raise Refused("only group admins can change participants", 403)
+            raise Refused("only group admins can change participants")
         members: dict[str, str] = g["participants"]
         out, changed = [], []
         for p in participants:
@@ -263,7 +263,7 @@ class PeopleMixin:
         world = await self._world()
         g = await self._member_group(jid, own)
         if g["participants"].get(own) not in ("admin", "superadmin"):
-            raise Refused("only group admins can see or reset the invite link", 403)
+            raise Refused("only group admins can see or reset the invite link")
         if reset or not g.get("invite"):
             g["invite"] = "".join(secrets.choice(_ALNUM) for _ in range(22))
             await self._save_world(world)
@@ -279,7 +279,7 @@ class PeopleMixin:
                     await self._save_world(world)
                     self._deliver(m.GroupJoined(self._group(g, jid)))
                 return jid
-        raise Refused("the invite link is invalid or was reset", 404)
+        raise NotFound("the invite link is invalid or was reset")
 
     async def leave_group(self: SimulatorClient, jid: str) -> None:
         own = await self._call("leave_group")
