@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http.access import tenant_id
-from oxyd.http.inputs import bool_param, int_param, json_body
+from oxyd.http import shapes as s
 from oxyd.http.keys import APP
+from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.people import People
 
@@ -57,70 +57,121 @@ def user_jid(value: Any, field: str) -> str:
     )
 
 
-def group_jid(request: web.Request) -> str:
-    jid = request.match_info["jid"]
-    if not GROUP_JID_RE.fullmatch(jid):
-        raise ApiError(400, "invalid_parameter", "jid: must be a group JID (...@g.us)")
-    return jid
-
-
-def _participants(body: dict[str, Any]) -> list[str]:
-    raw = body["participants"]
-    if len(raw) > MAX_PARTICIPANTS:
-        raise ApiError(
-            400, "invalid_field", f"participants: at most {MAX_PARTICIPANTS} in one request"
-        )
+def _participants(raw: list[str]) -> list[str]:
     return list(dict.fromkeys(user_jid(p, f"participants[{i}]") for i, p in enumerate(raw)))
+
+
+# ---- shapes: the request schemas (validation and OpenAPI) ----
+
+REFRESH = {
+    **s.BOOL,
+    "default": False,
+    "description": "ask WhatsApp (or the device) again instead of the stored copy",
+}
+GROUP_PARAM = {
+    "jid": s.string(
+        max_length=80,
+        pattern=r"^[0-9]{1,40}(-[0-9]{1,20})?@g\.us$",
+        description="must be a group JID (...@g.us)",
+    )
+}
+CONTACT_PARAM = {
+    "jid": s.string(
+        max_length=80, description="a phone number or a JID (...@s.whatsapp.net, ...@lid)"
+    )
+}
+PARTICIPANTS = s.array(
+    s.string(max_length=80, description="a phone number or a JID"),
+    max_items=MAX_PARTICIPANTS,
+)
+ENGINE_ERRORS = (409, 504)  # not connected; WhatsApp did not answer in time
+GROUP = s.json_response(s.ref("Group"))
+INVITE = s.json_response(s.obj({"jid": s.STR, "link": s.STR}, ("jid", "link"), closed=False))
 
 
 # ---- lookup and contacts ----
 
 
-@table.post("/v1/tenants/{id}/lookup")
-async def lookup(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    body = await json_body(request, allowed={"phones": list}, required=("phones",))
-    phones = body["phones"]
-    if not phones or len(phones) > MAX_LOOKUP:
-        raise ApiError(400, "invalid_field", f"phones: give 1 to {MAX_LOOKUP} numbers")
+@operation(
+    table.post,
+    "/v1/tenants/{id}/lookup",
+    "Which numbers are on WhatsApp (answers cached for lookup.cache_s)",
+    ok=(
+        200,
+        s.json_response(
+            s.obj({"results": s.array(s.ref("LookupResult"))}, ("results",), closed=False)
+        ),
+    ),
+    errors=(*ENGINE_ERRORS, 429),
+    body=s.obj(
+        {
+            "phones": s.array(
+                s.string(max_length=32, description="a phone number in international format"),
+                min_items=1,
+                max_items=MAX_LOOKUP,
+            )
+        },
+        ("phones",),
+    ),
+)
+async def lookup(request: web.Request, inp: Input) -> web.Response:
+    phones = inp.body["phones"]
     digits = [phone_digits(p, f"phones[{i}]") for i, p in enumerate(phones)]
-    results = await _people(request).lookup(tid, digits)
+    results = await _people(request).lookup(inp.tenant, digits)
     for given, result in zip(phones, results, strict=True):
         result["phone"] = given  # answered in the caller's own spelling
     return ok({"results": results})
 
 
-@table.get("/v1/tenants/{id}/contacts")
-async def list_contacts(request: web.Request) -> web.Response:
-    from oxyd.http.routes_data import _cursor
-
-    tid = tenant_id(request)
-    limit = int_param(request, "limit", 100, 1, 1000)
-    cursor = _cursor(request)
+@operation(
+    table.get,
+    "/v1/tenants/{id}/contacts",
+    "Contacts the store knows (push, saved and business names), ordered by JID",
+    ok=(200, s.json_response(s.page_of("contacts", s.ref("Contact")))),
+    errors=ENGINE_ERRORS,
+    query={"limit": s.integer(1, 1000, default=100), "cursor": s.OPAQUE_CURSOR, "refresh": REFRESH},
+    field_codes={"cursor": "invalid_cursor"},
+)
+async def list_contacts(request: web.Request, inp: Input) -> web.Response:
+    q = inp.query
     try:
         contacts, nxt = await _people(request).contacts(
-            tid, limit, cursor, bool_param(request, "refresh")
+            inp.tenant, q["limit"], q.get("cursor") or None, q["refresh"]
         )
     except (ValueError, TypeError):
         raise ApiError(400, "invalid_cursor", "cursor: not a cursor this API returned") from None
     return ok({"contacts": contacts, "next_cursor": nxt})
 
 
-@table.get("/v1/tenants/{id}/contacts/{jid}")
-async def get_contact(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    jid = user_jid(request.match_info["jid"], "jid")
-    found = await _people(request).contact(tid, jid, bool_param(request, "refresh"))
+@operation(
+    table.get,
+    "/v1/tenants/{id}/contacts/{jid}",
+    "One contact, with its other identity (lid of a phone JID, phone of a LID)",
+    ok=(200, s.json_response(s.ref("Contact"))),
+    errors=(*ENGINE_ERRORS, 429),
+    path_params=CONTACT_PARAM,
+    query={"refresh": REFRESH},
+)
+async def get_contact(request: web.Request, inp: Input) -> web.Response:
+    jid = user_jid(inp.path["jid"], "jid")
+    found = await _people(request).contact(inp.tenant, jid, inp.query["refresh"])
     if found is None:
         raise ApiError(404, "contact_not_found", f"nothing is known about {jid}")
     return ok(found)
 
 
-@table.get("/v1/tenants/{id}/contacts/{jid}/picture")
-async def get_picture(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    jid = user_jid(request.match_info["jid"], "jid")
-    found = await _people(request).picture(tid, jid)
+@operation(
+    table.get,
+    "/v1/tenants/{id}/contacts/{jid}/picture",
+    "The contact's profile picture (cached with its WhatsApp picture id; ETag)",
+    ok=(200, {"description": "The image", "content": {"image/*": {"schema": {}}}}),
+    errors=(*ENGINE_ERRORS, 429),
+    path_params=CONTACT_PARAM,
+    responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}},
+)
+async def get_picture(request: web.Request, inp: Input) -> web.Response:
+    jid = user_jid(inp.path["jid"], "jid")
+    found = await _people(request).picture(inp.tenant, jid)
     if found is None:
         raise ApiError(404, "picture_not_found", f"{jid} has no profile picture")
     data, mime, picture_id = found
@@ -134,80 +185,154 @@ async def get_picture(request: web.Request) -> web.Response:
 # ---- groups ----
 
 
-@table.get("/v1/tenants/{id}/groups")
-async def list_groups(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    refresh = bool_param(request, "refresh")
-    return ok({"groups": await _people(request).groups(tid, refresh)})
+@operation(
+    table.get,
+    "/v1/tenants/{id}/groups",
+    "The account's groups (stored copy, fetched once per run; ?refresh=true asks again)",
+    ok=(
+        200,
+        s.json_response(s.obj({"groups": s.array(s.ref("Group"))}, ("groups",), closed=False)),
+    ),
+    errors=ENGINE_ERRORS,
+    query={"refresh": REFRESH},
+)
+async def list_groups(request: web.Request, inp: Input) -> web.Response:
+    return ok({"groups": await _people(request).groups(inp.tenant, inp.query["refresh"])})
 
 
-@table.post("/v1/tenants/{id}/groups")
-async def create_group(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    body = await json_body(
-        request, allowed={"subject": str, "participants": list}, required=("subject",)
-    )
-    subject = body["subject"].strip()
-    if not subject or len(subject) > MAX_SUBJECT_CHARS:
-        raise ApiError(
-            400, "invalid_field", f"subject: must be 1 to {MAX_SUBJECT_CHARS} characters"
-        )
-    participants = _participants({"participants": body.get("participants") or []})
-    return ok(await _people(request).create_group(tid, subject, participants), 201)
+@operation(
+    table.post,
+    "/v1/tenants/{id}/groups",
+    "Create a group (a result per participant: WhatsApp refuses some)",
+    ok=(201, GROUP),
+    errors=ENGINE_ERRORS,
+    body=s.obj(
+        {
+            "subject": s.string(
+                min_length=1,
+                max_length=MAX_SUBJECT_CHARS,
+                pattern=r"\S",
+                description=f"must be 1 to {MAX_SUBJECT_CHARS} characters",
+            ),
+            "participants": PARTICIPANTS,
+        },
+        ("subject",),
+    ),
+)
+async def create_group(request: web.Request, inp: Input) -> web.Response:
+    subject = inp.body["subject"].strip()
+    participants = _participants(inp.body.get("participants") or [])
+    return ok(await _people(request).create_group(inp.tenant, subject, participants), 201)
 
 
-@table.post("/v1/tenants/{id}/groups/join")
-async def join_group(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    body = await json_body(request, allowed={"invite": str}, required=("invite",))
-    match = INVITE_RE.fullmatch(body["invite"].strip())
+@operation(
+    table.post,
+    "/v1/tenants/{id}/groups/join",
+    "Join a group by its invite link",
+    ok=(200, GROUP),
+    errors=(403, *ENGINE_ERRORS),
+    body=s.obj(
+        {
+            "invite": s.string(
+                max_length=128,
+                pattern=INVITE_RE.pattern.join("^$"),
+                description="must be https://chat.whatsapp.com/<code> or the code",
+            )
+        },
+        ("invite",),
+    ),
+)
+async def join_group(request: web.Request, inp: Input) -> web.Response:
+    match = INVITE_RE.fullmatch(inp.body["invite"].strip())
     if match is None:
         raise ApiError(
             400, "invalid_field", "invite: must be https://chat.whatsapp.com/<code> or the code"
         )
-    return ok(await _people(request).join(tid, match.group(1)))
+    return ok(await _people(request).join(inp.tenant, match.group(1)))
 
 
-@table.get("/v1/tenants/{id}/groups/{jid}")
-async def get_group(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    return ok(await _people(request).group(tid, group_jid(request)))
+@operation(
+    table.get,
+    "/v1/tenants/{id}/groups/{jid}",
+    "A group: subject, description, participants with roles and LIDs",
+    ok=(200, GROUP),
+    errors=ENGINE_ERRORS,
+    path_params=GROUP_PARAM,
+)
+async def get_group(request: web.Request, inp: Input) -> web.Response:
+    return ok(await _people(request).group(inp.tenant, inp.path["jid"]))
 
 
-@table.post("/v1/tenants/{id}/groups/{jid}/participants")
-async def change_participants(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    jid = group_jid(request)
-    body = await json_body(
-        request,
-        allowed={"action": str, "participants": list},
-        required=("action", "participants"),
+@operation(
+    table.post,
+    "/v1/tenants/{id}/groups/{jid}/participants",
+    "Add, remove, promote or demote participants (a result for each)",
+    ok=(
+        200,
+        s.json_response(
+            s.obj(
+                {
+                    "jid": s.STR,
+                    "action": s.STR,
+                    "results": s.array(s.ref("ParticipantResult")),
+                    "group": s.ref("Group"),
+                },
+                ("jid", "action", "results"),
+                closed=False,
+            )
+        ),
+    ),
+    errors=(403, *ENGINE_ERRORS),
+    path_params=GROUP_PARAM,
+    body=s.obj(
+        {
+            "action": s.string(enum=ACTIONS),
+            "participants": {**PARTICIPANTS, "minItems": 1},
+        },
+        ("action", "participants"),
+    ),
+)
+async def change_participants(request: web.Request, inp: Input) -> web.Response:
+    participants = _participants(inp.body["participants"])
+    people = _people(request)
+    return ok(
+        await people.participants(inp.tenant, inp.path["jid"], inp.body["action"], participants)
     )
-    if body["action"] not in ACTIONS:
-        raise ApiError(400, "invalid_field", f"action: must be one of {list(ACTIONS)}")
-    participants = _participants(body)
-    if not participants:
-        raise ApiError(400, "invalid_field", "participants: give at least one")
-    return ok(await _people(request).participants(tid, jid, body["action"], participants))
 
 
-@table.get("/v1/tenants/{id}/groups/{jid}/invite")
-async def get_invite(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    return ok(await _people(request).invite(tid, group_jid(request), reset=False))
+@operation(
+    table.get,
+    "/v1/tenants/{id}/groups/{jid}/invite",
+    "The group's invite link",
+    ok=(200, INVITE),
+    errors=(403, *ENGINE_ERRORS),
+    path_params=GROUP_PARAM,
+)
+async def get_invite(request: web.Request, inp: Input) -> web.Response:
+    return ok(await _people(request).invite(inp.tenant, inp.path["jid"], reset=False))
 
 
-@table.delete("/v1/tenants/{id}/groups/{jid}/invite")
-async def reset_invite(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    return ok(await _people(request).invite(tid, group_jid(request), reset=True))
+@operation(
+    table.delete,
+    "/v1/tenants/{id}/groups/{jid}/invite",
+    "Reset the invite link (the old one stops working)",
+    ok=(200, INVITE),
+    errors=(403, *ENGINE_ERRORS),
+    path_params=GROUP_PARAM,
+)
+async def reset_invite(request: web.Request, inp: Input) -> web.Response:
+    return ok(await _people(request).invite(inp.tenant, inp.path["jid"], reset=True))
 
 
-@table.post("/v1/tenants/{id}/groups/{jid}/leave")
-async def leave_group(request: web.Request) -> web.Response:
-    from oxyd.http.inputs import no_body
-
-    tid = tenant_id(request)
-    jid = group_jid(request)
-    await no_body(request)
-    return ok(await _people(request).leave(tid, jid))
+@operation(
+    table.post,
+    "/v1/tenants/{id}/groups/{jid}/leave",
+    "Leave the group",
+    ok=(200, s.json_response(s.obj({"jid": s.STR, "left": s.BOOL}, ("jid", "left"), closed=False))),
+    errors=(403, *ENGINE_ERRORS),
+    path_params=GROUP_PARAM,
+    body=s.obj({}),
+    body_required=False,
+)
+async def leave_group(request: web.Request, inp: Input) -> web.Response:
+    return ok(await _people(request).leave(inp.tenant, inp.path["jid"]))

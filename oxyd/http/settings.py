@@ -12,9 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from oxyd.http.access import require_admin, tenant_id
-from oxyd.http.inputs import check_fields, json_body
+from oxyd.http import shapes as s
+from oxyd.http.access import require_admin
+from oxyd.http.inputs import body_limit_bytes, check_fields, parse_json_object, read_limited
 from oxyd.http.keys import APP
+from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.proxy import proxy_error
 
@@ -52,14 +54,36 @@ def settings_fields(body: dict[str, Any], request: web.Request, prefix: str = ""
     return changes
 
 
-@table.patch("/v1/tenants/{id}")
-async def patch_tenant(request: web.Request) -> web.Response:
-    tid = tenant_id(request)
-    body = await json_body(request, allowed=FIELDS)
+@operation(
+    table.patch,
+    "/v1/tenants/{id}",
+    "Change the tenant's settings (proxy: admin token only)",
+    ok=(200, s.json_response(s.ref("Tenant"), "The tenant object")),
+    errors=(403,),
+    body=s.obj(
+        {
+            "reject_calls": s.nullable(s.BOOL),
+            "mark_online": s.nullable(s.BOOL),
+            "proxy": s.nullable(
+                s.string(
+                    max_length=MAX_PROXY_CHARS,
+                    description="socks5:// or http:// URL with host and port; null: none",
+                )
+            ),
+        },
+        description="at least one setting",
+    ),
+    # `"proxy": null` means "no proxy" here, not "left out": the handler reads the body.
+    raw_body=True,
+)
+async def patch_tenant(request: web.Request, inp: Input) -> web.Response:
+    raw = await read_limited(request, body_limit_bytes(request))
+    body = parse_json_object(raw, required=True)
+    check_fields(body, FIELDS)
     if not body:
         raise ApiError(400, "invalid_body", f"give at least one of {sorted(FIELDS)}")
     changes = settings_fields(body, request)
-    return ok(await request.app[APP].supervisor.update_settings(tid, changes))
+    return ok(await request.app[APP].supervisor.update_settings(inp.tenant, changes))
 
 
 # The same fields as JSON Schema, for routes described by an Operation (POST /v1/tenants).
