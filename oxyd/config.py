@@ -10,6 +10,7 @@ import dataclasses
 import os
 import types
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,50 @@ MEDIA_TYPES = ("image", "video", "audio", "voice", "document", "sticker")
 
 
 class ConfigError(ValueError):
-    pass
+    """One or more errors, each `key.path: what is wrong`; str() has one per line."""
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# While load() runs, checks append here instead of raising: every error is reported at once.
+_COLLECTED: ContextVar[list[str] | None] = ContextVar("oxyd_config_errors", default=None)
 
 
 def _check(ok: bool, path: str, message: str) -> None:
     if not ok:
+        _report(f"{path}: {message}")
+
+
+def _report(error: str) -> None:
+    sink = _COLLECTED.get()
+    if sink is None:
+        raise ConfigError(error)
+    sink.append(error)
+
+
+def _require(ok: bool, path: str, message: str) -> None:
+    """Like _check, but always raises: the caller cannot go on with the value."""
+    if not ok:
         raise ConfigError(f"{path}: {message}")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _unknown(path: str, key: str, known: typing.Iterable[str], where: str = "") -> str:
+    """`path: unknown key`, with the closest known key within edit distance 2."""
+    close = sorted((_edit_distance(key, k), k) for k in known)
+    hint = f" (did you mean {close[0][1]!r}?)" if close and close[0][0] <= 2 else ""
+    return f"{path}: unknown key{hint}{where}"
 
 
 @dataclass(frozen=True)
@@ -401,14 +440,14 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional, tp = True, args[0]
     if value is None or (from_env and value == "" and optional):
-        _check(optional, path, "must not be empty")
+        _require(optional, path, "must not be empty")
         return None
     if tp is bool:
         if from_env and isinstance(value, str):
             low = value.strip().lower()
-            _check(low in ("1", "0", "true", "false", "yes", "no"), path, "must be true or false")
+            _require(low in ("1", "0", "true", "false", "yes", "no"), path, "must be true or false")
             return low in ("1", "true", "yes")
-        _check(isinstance(value, bool), path, "must be true or false")
+        _require(isinstance(value, bool), path, "must be true or false")
         return value
     if tp is int:
         if from_env and isinstance(value, str):
@@ -416,7 +455,7 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
                 value = int(value.strip())
             except ValueError:
                 raise ConfigError(f"{path}: must be an integer") from None
-        _check(isinstance(value, int) and not isinstance(value, bool), path, "must be an integer")
+        _require(isinstance(value, int) and not isinstance(value, bool), path, "must be an integer")
         return value
     if tp is float:
         if from_env and isinstance(value, str):
@@ -425,7 +464,7 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
             except ValueError:
                 raise ConfigError(f"{path}: must be a number") from None
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        _check(
+        _require(
             ok and value == value and value not in (float("inf"), float("-inf")),
             path,
             "must be a number",
@@ -434,15 +473,15 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
     if tp is str:
         if path == "cluster.node" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # `node: 2` in YAML is an ordinal, as `node: "2"` is
-        _check(isinstance(value, str), path, "must be a string")
+        _require(isinstance(value, str), path, "must be a string")
         return value
     if tp is Path:
-        _check(isinstance(value, str) and value != "", path, "must be a path")
+        _require(isinstance(value, str) and value != "", path, "must be a path")
         return Path(value)
     if typing.get_origin(tp) is tuple:
         if from_env and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        _check(
+        _require(
             isinstance(value, list) and all(isinstance(v, str) for v in value),
             path,
             "must be a list of strings",
@@ -453,23 +492,26 @@ def _coerce(value: Any, tp: Any, path: str, from_env: bool) -> Any:
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, env_keys: set[str]) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key")
+            _report(_unknown(f"{prefix}{key}", str(key), names))
     kwargs = {}
     for name in names:
-        if name in raw:
-            sub = hints[name]
+        if name not in raw:
+            continue
+        sub, path = hints[name], f"{prefix}{name}"
+        try:
             if dataclasses.is_dataclass(sub):
-                section = raw[name]
-                if section is None:
-                    section = {}
-                _check(isinstance(section, dict), f"{prefix}{name}", "must be a mapping")
-                kwargs[name] = _build(sub, section, f"{prefix}{name}.", env_keys)
+                section = raw[name] if raw[name] is not None else {}
+                _require(isinstance(section, dict), path, "must be a mapping")
+                kwargs[name] = _build(sub, section, f"{path}.", env_keys)
             else:
-                path = f"{prefix}{name}"
-                kwargs[name] = _coerce(raw[name], hints[name], path, path in env_keys)
+                kwargs[name] = _coerce(raw[name], sub, path, path in env_keys)
+        except ConfigError as e:  # reported with the others; the default stands in meanwhile
+            if _COLLECTED.get() is None:
+                raise
+            _COLLECTED.get().extend(e.errors)
     return cls(**kwargs)
 
 
@@ -494,7 +536,9 @@ def _env_overrides(env: dict[str, str]) -> tuple[dict[str, Any], set[str]]:
         if section not in sections:
             continue  # not ours: other OXYD_* variables are left alone
         if key not in sections[section]:
-            raise ConfigError(f"{section}.{key}: unknown key (from environment variable {var})")
+            where = f" (from environment variable {var})"
+            _report(_unknown(f"{section}.{key}", key, sections[section], where))
+            continue
         out.setdefault(section, {})[key] = value
         paths.add(f"{section}.{key}")
     return out, paths
@@ -528,10 +572,20 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
         if loaded is not None:
             _check(isinstance(loaded, dict), f"config file {path}", "must be a mapping of sections")
             raw = loaded
-    over, env_paths = _env_overrides(env)
-    cfg = _build(Config, _merge(raw, over), "", env_paths)
-    for f in dataclasses.fields(cfg):
-        sub = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(sub):
-            sub.validate(f.name)
+    errors: list[str] = []
+    token = _COLLECTED.set(errors)
+    try:
+        over, env_paths = _env_overrides(env)
+        cfg = _build(Config, _merge(raw, over), "", env_paths)
+        for f in dataclasses.fields(cfg):
+            sub = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(sub):
+                try:
+                    sub.validate(f.name)
+                except ConfigError as e:  # a check that cannot go on raises: keep the rest
+                    errors.extend(e.errors)
+    finally:
+        _COLLECTED.reset(token)
+    if errors:
+        raise ConfigError(list(dict.fromkeys(errors)))
     return cfg

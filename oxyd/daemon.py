@@ -13,7 +13,7 @@ import signal
 
 from loguru import logger
 
-from oxyd import backup, dirlock
+from oxyd import backup, dirlock, preflight
 from oxyd.app import App, build, start, stop
 from oxyd.config import EXIT_CONFIG, Config
 from oxyd.http import server as http
@@ -41,13 +41,16 @@ async def run(cfg: Config) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
     notifier = Notifier()
+    found = preflight.problems(cfg)  # the same checks as `oxyd check-config`
+    if found:
+        for problem in found:
+            logger.error("config error: {}", problem)
+        return EXIT_CONFIG
     key = None
     try:
         key = backup.load_key(cfg)
-    except backup.BackupError as e:
-        if cfg.backup.schedule:
-            logger.error("backup.schedule is set but {}", e)
-            return EXIT_CONFIG
+    except backup.BackupError:
+        pass  # no key configured (preflight refused a bad one): no scheduled backups
 
     # The lock before anything in the directory is opened; the port before any tenant starts.
     try:

@@ -327,17 +327,18 @@ async def test_cli_backup_and_restore(tmp_path, monkeypatch, capsys):
 
     monkeypatch.delenv("OXYD_BACKUP_KEY", raising=False)
     assert await asyncio.to_thread(cli, ["backup"]) == 1
-    assert "no backup key" in capsys.readouterr().err
+    assert "no backup key" in capsys.readouterr().out  # the log (tests print it to stdout)
     monkeypatch.setenv("OXYD_BACKUP_KEY", KEY_B64)
     assert await asyncio.to_thread(cli, ["backup"]) == 0
-    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out.parent == data / "backups"
+    logged = capsys.readouterr().out
+    (out,) = (data / "backups").glob("*.oxydbak")
+    assert logged.count(str(out)) == 1  # each fact once: the log line names the archive
     target = tmp_path / "restored"
     assert await asyncio.to_thread(cli, ["restore", str(out), "--data-dir", str(target)]) == 0
-    assert "restored 2 tenant(s)" in capsys.readouterr().out
+    assert "(2 tenants)" in capsys.readouterr().out
     assert await asyncio.to_thread(cli, ["restore", str(out), "--data-dir", str(target)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("oxyd restore: ") and "--force" in err and err.count("\n") == 1
+    logged = capsys.readouterr().out
+    assert "restore failed: " in logged and "--force" in logged and logged.count("\n") == 1
     argv = ["restore", str(out), "--data-dir", str(target), "--force"]
     assert await asyncio.to_thread(cli, argv) == 0
     explicit = tmp_path / "elsewhere.oxydbak"
@@ -345,7 +346,7 @@ async def test_cli_backup_and_restore(tmp_path, monkeypatch, capsys):
     assert explicit.exists()
     monkeypatch.setenv("OXYD_BACKUP_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
     assert await asyncio.to_thread(cli, argv) == 1
-    assert "wrong backup key" in capsys.readouterr().err
+    assert "wrong backup key" in capsys.readouterr().out
 
 
 async def test_media_files_only_with_backup_media(tmp_path):

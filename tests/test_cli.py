@@ -184,3 +184,83 @@ def test_token_from_data_dir(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def _oxyd(*argv: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "oxyd", *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        timeout=60,
+        **kw,
+    )
+
+
+def test_global_flags_before_or_after_the_subcommand(daemon):
+    url = daemon["url"]
+    cli(daemon, "tenant", "add", "flags", "--engine", "simulator", token=TOKEN)
+    for argv in (
+        ["--url", url, "--token", TOKEN, "tenant", "list", "--json"],
+        ["tenant", "list", "--json", "--url", url, "--token", TOKEN],
+        ["--url=" + url, "tenant", "list", "--token=" + TOKEN, "--json"],
+    ):
+        r = _oxyd(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert [t["id"] for t in json.loads(r.stdout)] == ["flags"]
+
+
+def test_config_before_or_after_and_every_error_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("http:\n  portt: 1\n  port: x\nlog:\n  format: xml\nwebhoks: {}\n")
+    env = {"OXYD_SUPERVISOR_HEARTBEATS": "1", "OXYD_DATA_DIR": str(tmp_path / "d")}
+    for argv in (["--config", str(bad), "check-config"], ["check-config", "--config", str(bad)],
+                 ["run", "-c", str(bad)]):  # fmt: skip
+        r = _oxyd(*argv, env=env)
+        assert r.returncode == 78, (argv, r.stderr)
+        err = r.stderr.decode()
+        for expected in (
+            "http.portt: unknown key (did you mean 'port'?)",
+            "http.port: must be an integer",
+            "log.format: must be 'text' or 'json'",
+            "webhoks: unknown key (did you mean 'webhooks'?)",
+            "supervisor.heartbeats: unknown key (did you mean 'heartbeat_s'?)",
+        ):
+            assert expected in err, (argv, err)
+
+
+def test_check_config_makes_the_checks_run_makes(tmp_path):
+    env = {"OXYD_DATA_DIR": str(tmp_path / "d"), "OXYD_HTTP_PORT": str(_free_port())}
+    cases = [
+        {"OXYD_BACKUP_KEY": "too-short"},
+        {"OXYD_BACKUP_KEY_FILE": str(tmp_path / "missing.key")},
+        {"OXYD_HTTP_ADMIN_TOKEN_FILE": str(tmp_path / "missing.token")},
+        {"OXYD_BACKUP_SCHEDULE": "0 3 * * *"},  # a schedule without a key
+    ]
+    for case in cases:
+        checked = _oxyd("check-config", env={**env, **case})
+        ran = _oxyd("run", env={**env, **case})
+        assert checked.returncode == ran.returncode == 78, (case, checked.stderr, ran.stderr)
+    assert _oxyd("check-config", env=env).returncode == 0
+
+
+def test_usage_errors_and_a_closed_pipe(daemon):
+    r = _oxyd("tenant", "add", "Bad Id", "--url", daemon["url"], "--token", TOKEN)
+    assert r.returncode == 2 and b"not a tenant id" in r.stderr
+    # `oxyd tenant list | true`: the reader is gone before the answer is printed
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oxyd", "tenant", "list", "--url", daemon["url"], "--token", TOKEN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(60) == 1
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_tenant_show_prints_human_times(daemon):
+    cli(daemon, "tenant", "add", "shown", "--engine", "simulator", token=TOKEN)
+    out = cli(daemon, "tenant", "show", "shown", token=TOKEN).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("state_since_ms"))
+    assert " UTC, " in line and ("ago" in line or "in " in line), line

@@ -16,10 +16,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from oxyd.config import Config
+from oxyd.model import valid_tenant_id
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_CONFLICT = 4, 5, 6
@@ -146,7 +148,36 @@ def _tenant_line(t: dict[str, Any]) -> str:
 
 
 def _tenant_text(t: dict[str, Any]) -> str:
-    return "\n".join(f"{k:<16} {'-' if v is None else v}" for k, v in t.items())
+    now_ms = int(time.time() * 1000)
+    return "\n".join(f"{k:<16} {_shown(k, v, now_ms)}" for k, v in t.items())
+
+
+def _shown(key: str, value: Any, now_ms: int) -> str:
+    """A value for people: Unix ms get the UTC time and how long ago (or until) beside them."""
+    if value is None:
+        return "-"
+    if key.endswith("_ms") and isinstance(value, int) and value > 10**11:
+        when = datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{value} ({when}, {_relative(value - now_ms)})"
+    return str(value)
+
+
+def _relative(delta_ms: int) -> str:
+    s = abs(delta_ms) // 1000
+    amount = f"{s} s" if s < 120 else f"{s // 60} min" if s < 7200 else f"{s // 3600} h"
+    if s >= 172_800:
+        amount = f"{s // 86400} days"
+    return f"in {amount}" if delta_ms > 0 else f"{amount} ago"
+
+
+def tenant_id_arg(value: str) -> str:
+    """argparse type for a tenant id: a bad one is a usage error (exit 2), not a request."""
+    if not valid_tenant_id(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a tenant id (lowercase letters, digits, '_' and '-', up to 63,"
+            " starting with a letter or digit)"
+        )
+    return value
 
 
 # ---- commands ----
@@ -260,7 +291,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = tenant.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     add = actions.add_parser("add", parents=[common], help="add a tenant")
-    add.add_argument("id")
+    add.add_argument("id", type=tenant_id_arg)
     add.add_argument("--engine", default="neonize", choices=("neonize", "simulator"))
     add.add_argument("--webhook-url")
     add.add_argument("--webhook-secret")
@@ -271,9 +302,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("stop", "stop"),
         ("restart", "restart (fresh client)"),
     ):
-        actions.add_parser(name, parents=[common], help=text).add_argument("id")
+        actions.add_parser(name, parents=[common], help=text).add_argument("id", type=tenant_id_arg)
     rm = actions.add_parser("remove", parents=[common], help="log out and remove a tenant")
-    rm.add_argument("id")
+    rm.add_argument("id", type=tenant_id_arg)
     rm.add_argument("--purge", action="store_true", help="also delete its messages")
     from oxyd.cli import archive
 
@@ -281,7 +312,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tenant.set_defaults(handler=_run(cmd_tenant))
 
     pair = sub.add_parser("pair", parents=[common], help="pair a tenant (QR or phone code)")
-    pair.add_argument("id")
+    pair.add_argument("id", type=tenant_id_arg)
     pair.add_argument("--phone", help="phone number (digits, international) for a code")
     pair.add_argument("--timeout", type=float, default=300.0, help="seconds to wait [300]")
     pair.set_defaults(handler=_run(cmd_pair))
@@ -291,6 +322,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     send.register(sub, common, _run)
 
     token = sub.add_parser("token", parents=[common], help="create a tenant token (shown once)")
-    token.add_argument("id")
+    token.add_argument("id", type=tenant_id_arg)
     token.add_argument("--revoke", action="store_true", help="revoke all of its tokens instead")
     token.set_defaults(handler=_run(cmd_token))

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from oxyd.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError, _emit, _quote
+from oxyd.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError, _emit, _quote, tenant_id_arg
 
 MEDIA_FLAGS = ("image", "video", "audio", "voice", "document", "sticker")
 MAX_WAIT_S = 30.0
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, r
         parents=[common],
         help="queue a message (text, media, voice note, location, contact, poll)",
     )
-    send.add_argument("id")
+    send.add_argument("id", type=tenant_id_arg)
     send.add_argument("to", help="phone number in international format, or a JID")
     send.add_argument("text_arg", nargs="?", metavar="TEXT", help="the text (or use --text)")
     kind = send.add_mutually_exclusive_group()
