@@ -8,7 +8,7 @@ warm-up the daemon gets SIGKILL (or SIGTERM for the control run); the database i
 directly and every acknowledged id that is not in it is lost.
 
     python bench/crash_cost.py                 # 5 SIGKILL trials and 2 SIGTERM trials
-    python bench/crash_cost.py --rate 2000 --trials 10 --json
+    python bench/crash_cost.py --rate 2000 --trials 10 --json crash.json
 
 Traffic goes to 127.0.0.1 only. The machine may be shared and noisy: the loss scales with how
 long a batch waits for the database thread, so read the figures as an order of magnitude.
@@ -135,19 +135,27 @@ async def trial(rate: int, sig: signal.Signals, warm_s: float) -> dict:
         }
 
 
-async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=int, default=1000, help="messages per second offered")
-    p.add_argument("--trials", type=int, default=5, help="SIGKILL trials")
-    p.add_argument("--term-trials", type=int, default=2, help="SIGTERM control trials")
-    p.add_argument("--warm-s", type=float, default=3.0, help="ingest this long before the kill")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+async def run_trials(args: argparse.Namespace) -> list[dict]:
     runs = []
     for _ in range(args.trials):
         runs.append(await trial(args.rate, signal.SIGKILL, args.warm_s))
     for _ in range(args.term_trials):
         runs.append(await trial(args.rate, signal.SIGTERM, args.warm_s))
+    return runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=int, default=1000, help="messages per second offered")
+    p.add_argument("--trials", type=int, default=5, help="SIGKILL trials")
+    p.add_argument("--term-trials", type=int, default=2, help="SIGTERM control trials")
+    p.add_argument("--warm-s", type=float, default=3.0, help="ingest this long before the kill")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 + 1 trials, 1.5 s warm-up")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    args = p.parse_args()
+    if args.quick:
+        args.trials, args.term_trials, args.warm_s = 2, 1, 1.5
+    runs = asyncio.run(run_trials(args))
     kills = [r for r in runs if r["signal"] == "SIGKILL"]
     terms = [r for r in runs if r["signal"] == "SIGTERM"]
     summary = {
@@ -161,8 +169,7 @@ async def main() -> None:
         "runs": runs,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
-        return
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     for r in runs:
         print(
             f"{r['signal']:8} acked {r['acked']:6} at {r['rate_per_s']:5}/s"
@@ -176,4 +183,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -73,6 +73,21 @@ async def run(cfg: Config) -> int:
 async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, notifier) -> int:
     app = await build(cfg)
     logger.info("data directory {}", cfg.data_dir.resolve())
+    try:
+        return await _serve(cfg, app, socks, stop_event, key, notifier)
+    except Exception as e:
+        # A start-up failure must exit at once: left open, the database's and the engines'
+        # threads would keep the process alive (up but never serving) until a SIGKILL.
+        logger.opt(exception=e).error("cannot start: {}", e)
+        try:
+            await asyncio.wait_for(stop(app), cfg.supervisor.stop_grace_s + 30)
+        except Exception as close_error:
+            logger.error("closing after the failed start: {!r}", close_error)
+            os._exit(1)
+        return 1
+
+
+async def _serve(cfg: Config, app: App, socks: list, stop_event, key, notifier) -> int:
     await start(app)
     make_backup = None
     if key is not None:

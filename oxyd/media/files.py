@@ -75,9 +75,14 @@ def clear_partials(data_dir: Path) -> int:
     n = 0
     for tenant_id in datadir.tenant_folders(data_dir):
         folder = root(data_dir, tenant_id) / PARTIAL_DIR
-        if folder.is_dir():
-            n += sum(1 for _ in folder.iterdir())
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if folder.is_dir():
+                n += sum(1 for _ in folder.iterdir())
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            # One unreadable tenant folder must not stop the daemon: that tenant is parked
+            # by its runner with the reason; the others start.
+            continue
     return n
 
 
