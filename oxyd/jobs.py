@@ -177,7 +177,12 @@ class Jobs:
         return path
 
     async def _prune_history(self) -> int:
-        cutoff_ms = self.clock.now_ms() - round(self.cfg.retention.history_days * DAY_MS)
+        # Never kept longer than the messages they describe.
+        days = min(
+            self.cfg.retention.history_days,
+            self.cfg.retention.messages_days or self.cfg.retention.history_days,
+        )
+        cutoff_ms = self.clock.now_ms() - round(days * DAY_MS)
         n = await self.store.prune_bookkeeping(cutoff_ms)
         if n:
             logger.info("retention: {} state-change and history-sync records removed", n)

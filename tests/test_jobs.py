@@ -242,3 +242,11 @@ async def test_state_history_and_history_syncs_are_pruned_by_retention(tmp_path,
     left = await store.ro.execute_fetchall("SELECT at_ms FROM state_history")
     assert [r[0] for r in left] == [new_ms]
     assert len(await store.history_syncs("a")) == 1
+    # A shorter message retention bounds them too.
+    short = Jobs(
+        config(tmp_path, OXYD_RETENTION_MESSAGES_DAYS="0.5"),
+        store=store,
+        health_sweep=_ok,
+        clock=clock,
+    )
+    assert await short._prune_history() == 2
