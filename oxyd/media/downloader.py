@@ -66,9 +66,11 @@ class Downloads:
     # ---- lifecycle ----
 
     async def start(self) -> None:
-        left = await asyncio.to_thread(files.clear_partials, self.data_dir)
+        left, unreadable = await asyncio.to_thread(files.clear_partials, self.data_dir)
         if left:
             logger.info("media: removed {} partial download(s) of an interrupted run", left)
+        for tenant in unreadable:
+            logger.bind(tenant=tenant).error("media folder unreadable; its downloads will fail")
         self.bytes_by_tenant = Counter(await self.table.bytes_by_tenant())
         self._loop_task = asyncio.create_task(self._loop(), name="oxyd-media")
 

@@ -70,9 +70,10 @@ def exists(data_dir: Path, tenant_id: str, sha256: str) -> bool:
     return path_of(data_dir, tenant_id, sha256).is_file()
 
 
-def clear_partials(data_dir: Path) -> int:
-    """Delete what interrupted downloads left behind, in every tenant; returns the count."""
-    n = 0
+def clear_partials(data_dir: Path) -> tuple[int, list[str]]:
+    """Delete what interrupted downloads left behind, in every tenant. Returns the count and
+    the tenants whose folder could not be read (one damaged folder never stops the rest)."""
+    n, unreadable = 0, []
     for tenant_id in datadir.tenant_folders(data_dir):
         folder = root(data_dir, tenant_id) / PARTIAL_DIR
         try:
@@ -82,8 +83,8 @@ def clear_partials(data_dir: Path) -> int:
         except OSError:
             # One unreadable tenant folder must not stop the daemon: that tenant is parked
             # by its runner with the reason; the others start.
-            continue
-    return n
+            unreadable.append(tenant_id)
+    return n, unreadable
 
 
 def listing(data_dir: Path, tenant_id: str) -> dict[str, int]:

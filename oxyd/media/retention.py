@@ -34,7 +34,11 @@ async def sweep(
         expired = await table.expire_before(now_ms - int(cfg.retention_days * DAY_MS), now_ms)
     removed = freed = 0
     for tenant in await asyncio.to_thread(datadir.tenant_folders, data_dir):
-        on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
+        try:
+            on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
+        except OSError as e:  # one damaged folder never stops the sweep of the others
+            logger.bind(tenant=tenant).error("media retention: folder unreadable: {}", e)
+            continue
         if not on_disk:
             continue
         # In this order: listed, then the files being committed right now, then the rows.
@@ -44,7 +48,10 @@ async def sweep(
         keep = await table.referenced(tenant)
         gone = [sha for sha in on_disk if sha not in keep and sha not in busy]
         for sha in gone:
-            await asyncio.to_thread(files.delete, data_dir, tenant, sha)
+            try:
+                await asyncio.to_thread(files.delete, data_dir, tenant, sha)
+            except OSError as e:
+                logger.bind(tenant=tenant).error("media retention: cannot delete {}: {}", sha, e)
         removed += len(gone)
         freed += sum(on_disk[s] for s in gone)
     if removed or orphans or expired:
