@@ -84,3 +84,30 @@ def test_bad_config_exits_78_and_check_config_masks_secrets(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "s3cr3t-value-xyz" not in r.stdout
     assert '"secret": "***"' in r.stdout
+
+
+def test_neonize_section_hosts_proxy_recycling():
+    cfg = load(env={})
+    assert (cfg.neonize.hosts, cfg.neonize.tenants_per_host, cfg.neonize.proxy) == (0, 64, None)
+    assert cfg.neonize.recycle_fds is None and cfg.neonize.recycle_rss_mb is None
+    env = {
+        "OXYD_NEONIZE_HOSTS": "8",
+        "OXYD_NEONIZE_TENANTS_PER_HOST": "128",
+        "OXYD_NEONIZE_PROXY": "socks5://user:s3cret@127.0.0.1:1080",
+        "OXYD_NEONIZE_RECYCLE_FDS": "4096",
+        "OXYD_NEONIZE_RECYCLE_RSS_MB": "1024",
+    }
+    cfg = load(env=env)
+    assert (cfg.neonize.hosts, cfg.neonize.tenants_per_host) == (8, 128)
+    assert (cfg.neonize.recycle_fds, cfg.neonize.recycle_rss_mb) == (4096, 1024.0)
+    shown = cfg.as_dict()["neonize"]["proxy"]
+    assert shown == "socks5://user:***@127.0.0.1:1080" and "s3cret" not in str(cfg.as_dict())
+    for key, value, message in (
+        ("HOSTS", "-1", "neonize.hosts"),
+        ("TENANTS_PER_HOST", "0", "neonize.tenants_per_host"),
+        ("PROXY", "ftp://127.0.0.1:21", "neonize.proxy"),
+        ("PROXY", "http://127.0.0.1", "neonize.proxy: needs a port"),
+        ("RECYCLE_FDS", "10", "neonize.recycle_fds"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load(env={f"OXYD_NEONIZE_{key}": value})
