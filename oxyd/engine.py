@@ -25,6 +25,11 @@ class NotConnected(EngineError):
     pass
 
 
+class StoreUnusable(EngineError):
+    """The device store cannot be used until a person looks (corrupt, unreadable): the tenant
+    is parked as failed, never retried."""
+
+
 class Refused(EngineError):
     """WhatsApp refused a request as a whole (not a group admin, privacy); `status` is
     WhatsApp's own code (403, 406, ...)."""

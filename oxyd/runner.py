@@ -21,7 +21,7 @@ from oxyd import model as m
 from oxyd.backoff import ConnectGate
 from oxyd.clock import Clock
 from oxyd.config import Config
-from oxyd.engine import Engine
+from oxyd.engine import Engine, StoreUnusable
 from oxyd.model import PARKED, State
 from oxyd.ratelimit import TokenBucket
 from oxyd.store.db import Store
@@ -249,6 +249,8 @@ class Runner:
                 await self.client.connect()
             except asyncio.CancelledError:
                 raise
+            except StoreUnusable as e:  # needs a person: retrying cannot repair a store
+                raise _Ended(f"device store unusable: {e}", State.FAILED) from e
             except Exception as e:
                 raise _Ended(f"connect failed: {e}") from e
             deadline = self.sup.clock.monotonic() + cfg.connect_timeout_s

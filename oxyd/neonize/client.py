@@ -10,7 +10,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from oxyd.engine import EngineError, NotConnected, Sink
+from oxyd.engine import EngineError, NotConnected, Sink, StoreUnusable
 from oxyd.model import (
     ClientOutdated,
     Connected,
@@ -124,6 +124,19 @@ class NeonizeClient(PeopleMixin):
     async def remove(self) -> None:
         await self.stop()
         await asyncio.to_thread(self._delete_store)
+
+    def _check_header(self) -> None:
+        """A store that is not SQLite at all (damaged, overwritten) or cannot be read parks its
+        tenant instead of failing every connect. Only before this process's first connect of
+        the tenant: Go has not opened the file yet, so this open/close cannot drop its locks
+        (a POSIX close drops every lock the process holds on the file)."""
+        try:
+            with open(self.store_path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StoreUnusable(f"device store cannot be read: {e.strerror}") from e
+        if head and head != b"SQLite format 3\x00":
+            raise StoreUnusable("device store corrupt: not a SQLite database")
 
     def _delete_store(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -267,6 +280,8 @@ class NeonizeClient(PeopleMixin):
         # that lost its device shows a QR, which _on_qr reports as LoggedOut and stops.
         if not await asyncio.to_thread(self.store_path.is_file):
             raise EngineError("device store not paired")
+        if not self._had_session:
+            await asyncio.to_thread(self._check_header)
         nc = self.native()
 
         async def hold() -> None:
