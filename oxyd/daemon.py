@@ -67,6 +67,8 @@ async def run(cfg: Config) -> int:
     try:
         return await _run_locked(cfg, socks, stop_event, key, notifier)
     finally:
+        for sock in socks:  # served sockets are closed by the server already; this is for a
+            sock.close()  # start-up that failed before serving them
         lock.release()
 
 
