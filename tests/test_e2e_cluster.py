@@ -182,7 +182,19 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
     rehashed = {t for t in TENANTS if owner(t, 4) != owner(t, 3)}
     assert rehashed and all(owner(t, 4) == 3 for t in rehashed)
     with TwiceWatch(cluster) as watch:
-        _start(cluster, 4)
+        # The old nodes first: while node 3 is not up, they keep running the tenants it will
+        # own. A send queued now (the simulated network is down) must move with its tenant.
+        _start(three, 4)
+        qt = sorted(rehashed)[0]
+        old = three[owner(qt, 3)]
+        sync_until(lambda: _state(n0, qt) == "connected", 30, "guest running")
+        assert n1.call("POST", f"/v1/tenants/{qt}/simulate", {"action": "offline"})[0] == 202
+        code, queued, _ = n2.call(
+            "POST", f"/v1/tenants/{qt}/messages", {"to": "+15550003333", "text": "queued"}
+        )
+        assert code == 202 and queued["status"] == "queued", queued
+        assert _where(three)[qt] == old.n
+        cluster[3].start(4)
         sync_until(lambda: _where(cluster) == {t: owner(t, 4) for t in TENANTS}, 90, "moved")
     assert watch.rounds > 3 and not watch.twice
     for node in three:  # only the re-hashed tenants moved (logged once the copy is gone)
@@ -194,9 +206,19 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
             30,
             f"moves logged by node {node.n}",
         )
+
+    # The queued send went out from the new node, once.
+    def sent_ids() -> list[str]:
+        code, out, _ = n0.call("POST", f"/v1/tenants/{qt}/simulate", {"action": "sent_log"})
+        return [e["id"] for e in out["sent"]] if code == 202 else []
+
+    sync_until(lambda: queued["id"] in sent_ids(), 30, "the queued send sent")
+    assert sent_ids().count(queued["id"]) == 1
+    code, msg, _ = n1.call("GET", f"/v1/tenants/{qt}/messages/{queued['id']}")
+    assert code == 200 and msg["status"] in ("sent", "delivered", "read"), msg
     n3 = cluster[3]
-    for tid in TENANTS:
-        assert len(_messages(n3, tid)) == counts[tid], tid
+    for tid in TENANTS:  # every message moved (and qt's queued send is stored as sent)
+        assert len(_messages(n3, tid)) == counts[tid] + (tid == qt), tid
     sync_until(
         lambda: all(t["state"] == "connected" for t in n0.call("GET", "/v1/tenants")[1]["tenants"]),
         30,
@@ -215,6 +237,7 @@ def test_three_nodes_one_api_then_scale_out_moves_only_rehashed_tenants(cluster)
         finally:
             con.close()
         assert not (old.data_dir / "tenants" / tid).exists()
+
     code, raw, _ = n0.fetch(media_url)  # its media moved with it
     assert code == 200 and raw == photo
     # The moved tenant's token works on its new node, through any node.

@@ -116,17 +116,22 @@ async def route_tenant(node: Node, request: web.Request, handler, tenant_id: str
     hops = _hops(request)
     owner = node.owner(tenant_id)
     if owner != node.me and hops == 0:
+        # Small bodies are read first, so the request can go elsewhere if the owner is down.
+        body = None
+        size = request.content_length
+        if request.body_exists and size is not None and size <= BUFFER_MAX_BYTES:
+            body = await request.read()
         try:
-            return await forward(node, request, owner, hops + 1)
+            return await forward(node, request, owner, hops + 1, body=body)
         except ApiError as e:
-            if e.code != "node_unavailable" or request.body_exists:
+            if e.code != "node_unavailable" or (request.body_exists and body is None):
                 raise
             # The owner is down. Before a resize completes, the tenant may still run on the
-            # node that had it: a read finds it there (a body is never sent twice).
+            # node that had it (a streamed body is never sent twice: those get the 503).
             holder, _ = await node.locate(tenant_id, skip={owner})
             if holder is None:
                 raise
-            return await forward(node, request, holder, MAX_HOPS)
+            return await forward(node, request, holder, MAX_HOPS, body=body)
     if hops >= MAX_HOPS:
         return await handler(request)
     # The owner does not hold it (or a resize is under way): who does?
