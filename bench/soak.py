@@ -77,6 +77,33 @@ async def main():
 asyncio.run(main())
 """
 
+# --tracemalloc: the daemon runs with a SIGUSR2 hook. The first SIGUSR2 (at the end of the
+# warm-up) starts tracemalloc, so start-up imports are not traced (tracing them takes minutes);
+# the second writes what was allocated since then and is still alive, largest first, to
+# SOAK_TRACE_OUT. Tracing costs CPU and memory of its own: that run's RSS is not the verdict,
+# it says what grows.
+TRACED_DAEMON = r"""
+import os, runpy, signal, sys, tracemalloc
+def snap(signum, frame):
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(int(os.environ["SOAK_TRACE_FRAMES"]))
+        return
+    s = tracemalloc.take_snapshot().filter_traces([
+        tracemalloc.Filter(False, tracemalloc.__file__),
+    ])
+    lines = [f"traced now {tracemalloc.get_traced_memory()[0] / 1024:.0f} KiB"]
+    for st in s.statistics("traceback")[:20]:
+        lines.append(f"{st.size / 1024:+.1f} KiB ({st.count} blocks)")
+        lines.extend("    " + ln for ln in st.traceback.format()[-6:])
+    tmp = os.environ["SOAK_TRACE_OUT"] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.environ["SOAK_TRACE_OUT"])
+signal.signal(signal.SIGUSR2, snap)
+sys.argv = ["oxyd", "run"]
+runpy.run_module("oxyd", run_name="__main__", alter_sys=True)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -90,8 +117,15 @@ def proc_sample(pid: int) -> dict:
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "Threads"):
             vals[key] = int(rest.split()[0])
+    # Anonymous memory (heap, arenas, SQLite caches) apart from file-backed pages (libraries):
+    # growth in the first is the kind worth chasing.
+    anon_kb = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            anon_kb = int(line.split()[1])
     return {
         "rss_kb": vals["VmRSS"],
+        "anon_kb": anon_kb,
         "threads": vals["Threads"],
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
     }
@@ -148,9 +182,13 @@ async def run(args) -> dict:
     )
     log = open(log_path, "wb")  # noqa: ASYNC230  (closed in finally, after the child)
     # Popen forks and execs, it does not wait on the child.
-    proc = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    cmd = [sys.executable, "-m", "oxyd", "run"]
+    trace_out = root / "tracemalloc.txt"
+    if args.tracemalloc:
+        cmd = [sys.executable, "-c", TRACED_DAEMON]
+        env.update(SOAK_TRACE_FRAMES=str(args.tracemalloc), SOAK_TRACE_OUT=str(trace_out))
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    traced_at: list[float] = []
     rng = random.Random(args.seed)
     counts = {"simulate": 0, "messages": 0, "not_connected": 0, "errors": 0}
     counts.update(disconnects=0, restarts=0)
@@ -212,6 +250,10 @@ async def run(args) -> dict:
                     s["t"] = now - t0
                     samples.append(s)
                     next_sample += args.sample_s
+                    warm_s = max(15.0, args.warmup_frac * duration)
+                    if args.tracemalloc and not traced_at and now - t0 >= warm_s:
+                        traced_at.append(now - t0)
+                        proc.send_signal(signal.SIGUSR2)  # tracing starts
                 if proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {proc.returncode}; see {log_path}")
                 k += 1
@@ -248,6 +290,16 @@ async def run(args) -> dict:
             s = proc_sample(proc.pid)
             s["t"] = elapsed
             samples.append(s)
+            if traced_at:
+                proc.send_signal(signal.SIGUSR2)  # what was allocated since and lives
+                deadline = time.monotonic() + 120
+                # the child writes the file: nothing to wait on but the file system
+                while not trace_out.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.5)
+                out["tracemalloc"] = (
+                    trace_out.read_text() if trace_out.exists() else "no snapshot written"
+                )
+                out["tracemalloc_span_s"] = elapsed - traced_at[0]
             async with session.get(f"{rx_base}/stats") as r:
                 out["deliveries"] = (await r.json())["count"]
             final_states = await states(session, base)
@@ -283,7 +335,7 @@ async def run(args) -> dict:
     out["samples"] = len(samples)
     out["samples_after_warmup"] = len(after)
     xs = [s["t"] / 60 for s in after]
-    for key in ("rss_kb", "fds", "threads"):
+    for key in ("rss_kb", "anon_kb", "fds", "threads"):
         ys = [s[key] for s in after]
         out[f"{key}_first"] = samples[0][key]
         out[f"{key}_warm"] = after[0][key] if after else None
@@ -319,6 +371,13 @@ def main() -> int:
     ap.add_argument("--log-level", default="INFO", help="the daemon's log level (INFO)")
     ap.add_argument("--quick", action="store_true", help="1 minute, 2 s samples")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace the daemon's allocations (FRAMES deep) and print what grew after warm-up",
+    )
     args = ap.parse_args()
     if args.quick:
         args.minutes, args.sample_s = 1.0, 2.0
@@ -359,6 +418,13 @@ def main() -> int:
         f"threads: first {r['threads_first']}, last {r['threads_last']}, max "
         f"{r['threads_max']}; slope {r['threads_slope_per_min']:+.2f}/min"
     )
+    print(
+        f"anonymous memory: after warm-up {r['anon_kb_warm'] / 1024:.1f} MiB, last "
+        f"{r['anon_kb_last'] / 1024:.1f} MiB; slope {r['anon_kb_slope_per_min']:+.1f} KB/min"
+    )
+    if "tracemalloc" in r:
+        span_min = r["tracemalloc_span_s"] / 60
+        print(f"tracemalloc, growth over the last {span_min:.1f} min:\n{r['tracemalloc']}")
     return 0 if r["rss_flat"] and r["fds_flat"] and r["exit_code"] == 0 else 1
 
 
