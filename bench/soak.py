@@ -157,6 +157,19 @@ async def wait_http(session: aiohttp.ClientSession, url: str, proc, timeout_s: f
         await asyncio.sleep(0.05)
 
 
+async def queue_depth(session: aiohttp.ClientSession, base: str) -> int:
+    """Events waiting for the writer (/metrics): a daemon that falls behind its load holds
+    them in memory, and then RSS measures the backlog, not a leak."""
+    try:
+        async with session.get(f"{base}/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith("oxyd_writer_queue_depth "):
+                    return int(float(line.split()[1]))
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    return -1
+
+
 async def states(session: aiohttp.ClientSession, base: str) -> list[str]:
     async with session.get(f"{base}/v1/tenants") as r:
         return [t["state"] for t in (await r.json())["tenants"]]
@@ -248,6 +261,7 @@ async def run(args) -> dict:
                 if now >= next_sample:
                     s = proc_sample(proc.pid)
                     s["t"] = now - t0
+                    s["queue"] = await queue_depth(session, base)
                     samples.append(s)
                     next_sample += args.sample_s
                     warm_s = max(15.0, args.warmup_frac * duration)
@@ -343,6 +357,9 @@ async def run(args) -> dict:
         out[f"{key}_max"] = max(s[key] for s in samples)
         out[f"{key}_mean_after_warmup"] = sum(ys) / len(ys) if ys else float("nan")
         out[f"{key}_slope_per_min"] = slope(xs, ys)
+    queues = [s.get("queue", 0) for s in after]
+    out["queue_max_after_warmup"] = max(queues) if queues else None
+    out["queue_last"] = samples[-2].get("queue") if len(samples) > 1 else None
     rss_level = out["rss_kb_mean_after_warmup"]
     fd_level = out["fds_mean_after_warmup"]
     out["rss_limit_kb_per_min"] = 0.01 * rss_level / 10
@@ -421,6 +438,13 @@ def main() -> int:
     print(
         f"anonymous memory: after warm-up {r['anon_kb_warm'] / 1024:.1f} MiB, last "
         f"{r['anon_kb_last'] / 1024:.1f} MiB; slope {r['anon_kb_slope_per_min']:+.1f} KB/min"
+    )
+    print(
+        f"writer queue: max {r['queue_max_after_warmup']} events after warm-up, last"
+        f" {r['queue_last']} (a backlog: the daemon fell behind the offered load, and RSS then"
+        " measures the backlog)"
+        if r["queue_max_after_warmup"] and r["queue_max_after_warmup"] > 10_000
+        else f"writer queue: max {r['queue_max_after_warmup']} events after warm-up (kept up)"
     )
     if "tracemalloc" in r:
         span_min = r["tracemalloc_span_s"] / 60
