@@ -16,12 +16,13 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 
-from oxyd import backoff
+from oxyd import backoff, outage
 from oxyd import model as m
 from oxyd.backoff import ConnectGate
 from oxyd.clock import Clock
 from oxyd.config import Config
 from oxyd.engine import Engine, StoreUnusable
+from oxyd.liveness import Traffic
 from oxyd.model import PARKED, State
 from oxyd.ratelimit import TokenBucket
 from oxyd.store.db import Store
@@ -44,12 +45,13 @@ class Host(Protocol):
     gate: ConnectGate
     rng: random.Random
     reconnects: Counter[str]
+    runners: dict[str, Runner]  # every tenant's, to tell an outage from a tenant's own failure
 
     def send_bucket(self) -> TokenBucket: ...
     def runner_done(self, task: asyncio.Task) -> None: ...
     async def bounded(self, aw: Awaitable[T], timeout_s: float) -> T: ...
     async def persist(self, r: Runner, alert: str | None) -> None: ...
-    async def zombie(self, r: Runner, silent_s: float) -> None: ...
+    async def zombie(self, r: Runner, silent_s: float, why: str = ...) -> None: ...
     def publish(self, event: dict[str, Any]) -> None: ...
 
 
@@ -97,6 +99,11 @@ class Runner:
         self.last_event_mono = 0.0
         self.last_ok_mono = 0.0
         self.bucket = sup.send_bucket()
+        self.traffic = Traffic(sup.cfg.supervisor.zombie_after_s)
+        # Failures that count toward max_failures: the tenant's own, not a network-wide
+        # outage's (oxyd/outage.py). t.failures counts every one: it paces the backoff. In
+        # memory only: a restart gives each tenant a fresh breaker.
+        self.own_failures = 0
         self._store_checked = False
         self.in_session = False  # connected: pausing the client is allowed (not while pairing)
         self.pauses = 0  # times the engine was asked to stop receiving (back-pressure)
@@ -105,7 +112,8 @@ class Runner:
 
     def _sink(self, ev: m.Event) -> None:
         self.events.append(ev)
-        self.last_event_mono = self.sup.clock.monotonic()
+        self.last_event_mono = now = self.sup.clock.monotonic()
+        self.traffic.note(now)
         self.t.last_event_ms = self.sup.clock.now_ms()
         w = self._waiter
         if w is not None and not w.done():
@@ -217,9 +225,12 @@ class Runner:
                     return
                 after_ban = False
                 self.t.failures += 1
-                if self.t.failures >= cfg.max_failures:
+                network_wide = outage.widespread(self.sup.runners.values(), self)
+                if not network_wide:
+                    self.own_failures += 1
+                if self.own_failures >= cfg.max_failures:
                     await self.park(
-                        State.FAILED, f"{self.t.failures} failed attempts in a row; last: {end}"
+                        State.FAILED, f"{self.own_failures} failed attempts in a row; last: {end}"
                     )
                     return
                 delay = backoff.delay_s(
@@ -230,11 +241,12 @@ class Runner:
                 self.t.next_attempt_ms = self.sup.clock.now_ms() + int(delay * 1000)
                 await self.set(State.BACKOFF, end.reason)
                 self.log.warning(
-                    "{}; next attempt in {:.1f}s (failure {} of {})",
+                    "{}; next attempt in {:.1f}s ({})",
                     end,
                     delay,
-                    self.t.failures,
-                    cfg.max_failures,
+                    "network-wide outage: not counted toward max_failures"
+                    if network_wide
+                    else f"failure {self.own_failures} of {cfg.max_failures}",
                 )
                 await self._idle_until(wake_at)
 
@@ -303,13 +315,18 @@ class Runner:
                     if reconnecting_since is None and now - alive >= cfg.zombie_after_s:
                         await self.sup.zombie(self, now - alive)
                         raise _Ended(f"zombie: no sign of life for {now - alive:.0f}s")
+                    silent_s = self.traffic.silent_s(now) if reconnecting_since is None else None
+                    if silent_s is not None:
+                        why = "no event while the heartbeat passes, on a tenant with traffic"
+                        await self.sup.zombie(self, silent_s, why)
+                        raise _Ended(f"zombie: {why} for {silent_s:.0f}s")
                 if (
                     reconnecting_since is None
                     and self.t.failures
                     and now - connected_at >= cfg.stable_after_s
                 ):
                     # Reset only after a real stable period, never on a bare "connected".
-                    self.t.failures = 0
+                    self.t.failures = self.own_failures = 0
                     await self.set(State.CONNECTED, None, force=True)
                 if (
                     reconnecting_since is not None
@@ -371,7 +388,7 @@ class Runner:
                     raise _Ended(f"pairing timed out after {cfg.pair_timeout_s:g}s")
                 if isinstance(ev, m.PairSuccess):
                     self.t.jid, self.t.push_name = ev.jid, ev.push_name
-                    self.t.failures = 0
+                    self.t.failures = self.own_failures = 0
                     self.pairing = {"qr": None, "code": None, "expires_ms": None}
                     self.log.info("paired as {}", ev.jid)
                     return True

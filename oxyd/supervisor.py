@@ -293,14 +293,12 @@ class Supervisor:
         """Tenants whose current state is not on disk yet (storage fault)."""
         return len(self._unsaved)
 
-    async def zombie(self, r: Runner, silent_s: float) -> None:
+    async def zombie(self, r: Runner, silent_s: float, why: str = "no heartbeat or event") -> None:
         self.zombies[r.t.id] += 1
-        r.log.warning(
-            "zombie: connected but no heartbeat or event for {:.0f}s; rebuilding", silent_s
-        )
+        r.log.warning("zombie: connected but {} for {:.0f}s; rebuilding", why, silent_s)
         data = {
             **self.tenant_json(r),
-            "reason": f"no sign of life for {silent_s:.0f}s",
+            "reason": f"{why} for {silent_s:.0f}s",
             "action": "the client was rebuilt; if it repeats, check the network",
         }
         rows = outbox.rows(self.subs, r.t.id, "alert.zombie", data, self.clock.now_ms())
@@ -428,7 +426,7 @@ class Supervisor:
         if not paired:
             await r.set(State.NEW, "not paired: pair it first")
             return
-        r.t.failures = 0
+        r.t.failures = r.own_failures = 0
         r.t.ban_expires_ms = None
         await r.set(State.CONNECTING, None)
         r.spawn("connect")

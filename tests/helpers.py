@@ -67,6 +67,26 @@ async def advance(clock: FakeClock, total_s: float, step_s: float = 1.0) -> None
         await asyncio.sleep(0.002)
 
 
+async def advance_until(
+    clock: FakeClock,
+    cond: Callable[[], object],
+    step_s: float = 5.0,
+    what: str = "",
+    timeout_s: float = 60.0,
+) -> float:
+    """Advance the fake clock step by step until `cond()` holds (a real-time deadline); returns
+    the fake seconds it took. A runner that arms its timer only after a database write can
+    fall behind a fixed advance on a busy machine; bound fake durations with the timestamps
+    the runner records (`state_since_ms`, `next_attempt_ms`) instead."""
+    deadline = time.monotonic() + timeout_s
+    start = clock.monotonic()
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s advancing for {what}")
+        await advance(clock, step_s, step_s=step_s)
+    return clock.monotonic() - start
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ SIM_ACTIONS = (
     "disconnect",
     "fail_connects",
     "stall",
+    "mute",
     "logout",
     "replace",
     "ban",

@@ -2,8 +2,10 @@
 
 It behaves as whatsmeow reports things: a drop (`Disconnected`) is followed by the library's
 own reconnect; a logout empties the device store; a stalled connection stays "connected" while
-heartbeats fail and nothing arrives; messages sent to a device that is not receiving wait on
-the "server" and arrive after the next connect, as WhatsApp's offline queue does.
+heartbeats fail and nothing arrives; a muted one answers its heartbeats while no event arrives
+(neonize's hazard: event marshalling fails, the client stays logged in); messages sent to a
+device that is not receiving wait on the "server" and arrive after the next connect, as
+WhatsApp's offline queue does.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class SimulatorClient(PeopleMixin):
         self.path = datadir.tenant_dir(engine.data_dir, tenant_id) / STATE_FILE
         self.connected = False
         self.stalled = False
+        self.muted = False
         self.fail_connects = 0
         self.backlog: list[m.Event] = []
         self.sent_chats: dict[str, str] = {}
@@ -138,7 +141,7 @@ class SimulatorClient(PeopleMixin):
         if self.offline:
             self.reconnect_pending = True  # the network is down: connects once it is back
             return
-        self.connected, self.stalled = True, False
+        self.connected, self.stalled, self.muted = True, False, False
         dev = self._device or {}
         self.sink(m.Connected(dev.get("jid"), dev.get("push_name")))
         self._people_connected()
@@ -148,7 +151,7 @@ class SimulatorClient(PeopleMixin):
         """The offline queue, handed over in chunks as a server would: a client that stops
         receiving (back-pressure) in between leaves the rest queued here, in order."""
         delivered = 0
-        while self.backlog and self.connected and not self.stalled:
+        while self.backlog and self.connected and not self.stalled and not self.muted:
             chunk = self.backlog[:DELIVER_CHUNK]
             del self.backlog[:DELIVER_CHUNK]
             for ev in chunk:
@@ -206,7 +209,7 @@ class SimulatorClient(PeopleMixin):
 
     async def stop(self) -> None:
         self._session += 1
-        self.connected = self.stalled = self.reconnect_pending = False
+        self.connected = self.stalled = self.muted = self.reconnect_pending = False
         for t in list(self._tasks):
             t.cancel()
         self._tasks.clear()
@@ -250,7 +253,7 @@ class SimulatorClient(PeopleMixin):
 
     def _deliver(self, ev: m.Event) -> None:
         # Behind a backlog still draining, a new event waits its turn: order is kept.
-        if self.connected and not self.stalled and not self.backlog:
+        if self.connected and not self.stalled and not self.muted and not self.backlog:
             self.sink(ev)
         else:
             self.backlog.append(ev)
@@ -306,7 +309,8 @@ class SimulatorClient(PeopleMixin):
                     raw=(text or "").encode()[:64],
                 )
             )
-        return {"delivered": self.connected and not self.stalled, "ids": ids}
+        delivered = self.connected and not self.stalled and not self.muted
+        return {"delivered": delivered, "ids": ids}
 
     async def _a_receipt(self, a: dict[str, Any]) -> dict[str, Any]:
         ids = _field(a, "ids", list, required=True)
@@ -343,6 +347,11 @@ class SimulatorClient(PeopleMixin):
     async def _a_stall(self, a: dict[str, Any]) -> dict[str, Any]:
         self._require_connected()
         self.stalled = True
+        return {}
+
+    async def _a_mute(self, a: dict[str, Any]) -> dict[str, Any]:
+        self._require_connected()
+        self.muted = True  # events wait on the "server" until the client is rebuilt
         return {}
 
     async def _end(self, ev: m.Event) -> dict[str, Any]:
@@ -422,6 +431,7 @@ _ACTIONS = {
     "disconnect": (set(), SimulatorClient._a_disconnect),
     "fail_connects": ({"count"}, SimulatorClient._a_fail_connects),
     "stall": (set(), SimulatorClient._a_stall),
+    "mute": (set(), SimulatorClient._a_mute),
     "logout": (set(), SimulatorClient._a_logout),
     "replace": (set(), SimulatorClient._a_replace),
     "ban": ({"expire_s"}, SimulatorClient._a_ban),
