@@ -59,6 +59,9 @@ _DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA)
 # Events a runner buffers while the writer is full before it asks the engine to stop
 # receiving: memory stays bounded however fast WhatsApp (or the simulator) sends.
 EVENTS_MAX = 10_000
+# SQLite's own words for a damaged database file, as the engine reports them when its device
+# store cannot be opened.
+_STORE_CORRUPT = ("file is not a database", "database disk image is malformed")
 # What an operator should do about each state that needs a person.
 ACTIONS = {
     State.LOGGED_OUT: "the phone unlinked this device: pair it again",
@@ -282,6 +285,10 @@ class Runner:
         if isinstance(ev, m.ConnectFailure):
             raise _Ended(f"connect failure {ev.reason}: {ev.message}".rstrip(": "))
         if isinstance(ev, m.ClientDead):
+            if ev.error and any(s in ev.error for s in _STORE_CORRUPT):
+                # The engine could not open its own device store: retrying cannot repair a
+                # damaged file, and a person must look (restore a backup, or re-pair).
+                raise _Ended(f"device store corrupt: {ev.error}", State.FAILED)
             raise _Ended(f"client ended: {ev.error}" if ev.error else "client ended")
 
     async def _session(self, ev: m.Connected) -> None:

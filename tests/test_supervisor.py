@@ -188,8 +188,14 @@ async def test_zombie_is_detected_and_rebuilt(env):
     assert state(app, "t1") is State.CONNECTED  # not yet: zombie_after_s is 60
     await advance_until(clock, lambda: app.supervisor.zombies["t1"] == 1, step_s=10)
     await advance_until(clock, lambda: state(app, "t1") is State.CONNECTED, step_s=1)
-    await app.writer.flush()
+
+    async def stored() -> bool:  # the simulator drains its offline queue after the connect
+        await app.writer.flush()
+        return await app.store.count_messages("t1") == 1
+
     # the message held while stalled arrives after the rebuild, exactly once
+    await until(stored, what="the held message stored")
+    await advance(clock, 10, step_s=5)
     assert await app.store.count_messages("t1") == 1
     async with app.store.ro.execute("SELECT count(*) FROM outbox WHERE type='alert.zombie'") as c:
         assert (await c.fetchone())[0] == 1
@@ -215,8 +221,8 @@ async def test_library_reconnect_that_lasts_too_long_is_rebuilt(tmp_path):
         await until(lambda: clock.sleepers >= 2, what="library reconnect in progress")
         await advance(clock, 50, step_s=10)
         assert state(app, "t1") is State.RECONNECTING
-        await advance(clock, 15, step_s=5)
-        await until(
+        await advance_until(
+            clock,
             lambda: state(app, "t1") in (State.BACKOFF, State.CONNECTING),
             what="rebuilt after reconnect timeout",
         )
