@@ -168,11 +168,11 @@ async def _app(tmp_path, name: str, flaky: bool, variant: dict[str, str]):
 class Commits:
     """The writer's commit callback, observed: wakes the producer of each committed tenant."""
 
-    def __init__(self, sup) -> None:
-        self.sup = sup
-        self.inner = sup.on_stored
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.inner = writer._on_commit
         self.wake: dict[str, asyncio.Event] = {}
-        sup.on_stored = self
+        writer._on_commit = self
 
     def __call__(self, stored_by_tenant: dict[str, int]) -> None:
         self.inner(stored_by_tenant)
@@ -182,7 +182,7 @@ class Commits:
                 ev.set()
 
     def close(self) -> None:
-        self.sup.on_stored = self.inner
+        self.writer._on_commit = self.inner
 
 
 async def _measure(app, healthy: list[str], bad: list[str]) -> dict[str, Any]:
@@ -190,7 +190,7 @@ async def _measure(app, healthy: list[str], bad: list[str]) -> dict[str, Any]:
     healthy ones: CPU per healthy message and enqueue-to-commit latencies."""
     sup = app.supervisor
     sim = app.engines["simulator"]
-    commits = Commits(sup)
+    commits = Commits(app.writer)
     stop = False
     chaos_calls = 0
     budget = MESSAGES // BATCH
