@@ -43,6 +43,7 @@ BENCHES: dict[str, tuple[list[str], list[str], float]] = {
     "http_api": ([], ["--quick"], 900),
     "webhooks": ([], ["--quick"], 900),
     "neonize_dispatch": (["--retry-s", "0"], ["--quick"], 600),
+    "sending": ([], ["--quick"], 1500),
     "soak": ([], ["--quick"], 3600),
     "media": ([], ["--quick"], 3600),
 }
@@ -295,6 +296,23 @@ def rows_for(name: str, f: dict | None, status: str) -> list[tuple[str, str, str
                 f"+{f['rss_increase_mb']:.1f} MB (peak {f['rss_peak_mb']:.0f} MB)",
                 "< 20 MB",
                 verdict(f["rss_increase_mb"] < 20),
+            ),
+        ]
+    if name == "sending":
+        return [
+            (
+                f"sending: enqueue p99 at {f['offered_rate_s']:.0f} req/s ({f['sends']:,} sends)",
+                f"{f['enqueue_p99_ms']:.1f} ms (p50 {f['enqueue_p50_ms']:.1f} ms, daemon CPU"
+                f" {f['cpu_ms_per_enqueue']:.2f} ms per request)",
+                "<= 20 ms",
+                verdict(f["enqueue_p99_ms"] <= 20),
+            ),
+            (
+                f"sending: drain of {f['tenants']} tenants / writer's raw insert rate",
+                f"{f['sends_vs_writer']:.2f} ({f['sends_per_s']:,.0f} sends/s vs"
+                f" {f['writer_rows_s']:,.0f} rows/s; CPU {f['cpu_ms_per_send']:.2f} ms per send)",
+                "",
+                INFO,
             ),
         ]
     if name == "neonize_dispatch":

@@ -105,7 +105,9 @@ async def run(args: argparse.Namespace) -> dict:
     db = data_dir / "oxyd.sqlite3"
     try:
         conn = aiohttp.TCPConnector(limit=2000)
-        async with aiohttp.ClientSession(headers=headers, connector=conn) as http:
+        # No client-side timeout: a slow answer is a latency figure, not an error.
+        no_limit = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(headers=headers, connector=conn, timeout=no_limit) as http:
 
             async def up() -> bool:
                 try:

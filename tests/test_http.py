@@ -344,6 +344,8 @@ async def test_metrics(h):
         'oxyd_tenants{state="connected"} 1.0',
         'oxyd_messages_stored_total{tenant="shop"}',
         "oxyd_writer_queue_depth",
+        'oxyd_sends_total{result="sent"}',
+        "oxyd_send_queued",
         "oxyd_connects_peak",
         "oxyd_process_open_fds",
         "oxyd_process_resident_memory_bytes",

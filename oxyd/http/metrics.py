@@ -105,6 +105,17 @@ class OxydCollector(Collector):
                 fam.add_metric([tid], n)
             yield fam
 
+        sending = sup.sending
+        queued = GaugeMetricFamily(
+            "oxyd_send_queued", "Messages queued to send per tenant", labels=["tenant"]
+        )
+        for tid, n in sorted(sending.depth.items()):
+            queued.add_metric([tid], n)
+        yield queued
+        sends = CounterMetricFamily("oxyd_sends", "Queued messages by outcome", labels=["result"])
+        sends.add_metric(["sent"], sending.sent)
+        sends.add_metric(["failed"], sending.failed)
+        yield sends
         yield GaugeMetricFamily(
             "oxyd_writer_queue_depth", "Items waiting for the store writer", value=writer.depth
         )
