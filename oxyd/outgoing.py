@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from oxyd.model import Media, Message
+
 # Kinds that carry a file in `data`.
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker")
 # Kinds that act on an earlier message (`body["ref"]`: {"id", "sender", "from_me"}).
@@ -55,3 +57,39 @@ class SendResult:
 
     wa_id: str
     sent_at_ms: int
+
+
+def summary_text(kind: str, body: dict[str, Any]) -> str | None:
+    """The text a stored message shows for an outgoing one of any kind."""
+    if kind == "poll":
+        return body.get("question")
+    if kind == "location":
+        return body.get("name") or f"{body.get('lat')},{body.get('lng')}"
+    if kind == "contact":
+        return body.get("name")
+    return body.get("text") or body.get("caption") or body.get("emoji")
+
+
+def as_message(out: Outgoing, res: SendResult, own_jid: str) -> Message:
+    """A sent message as the store keeps every message (chats, counters, receipts)."""
+    body, data = out.body, out.data
+    media = None
+    if out.kind in MEDIA_KINDS:
+        media = Media(
+            mime=body.get("mime"),
+            size_bytes=len(data) if data else None,
+            filename=body.get("filename"),
+            sha256=hashlib.sha256(data).hexdigest() if data else None,
+            duration_s=body.get("duration_s"),
+        )
+    return Message(
+        wa_id=res.wa_id,
+        chat=out.chat,
+        sender=own_jid,
+        from_me=True,
+        sent_at_ms=res.sent_at_ms,
+        kind=out.kind,
+        text=summary_text(out.kind, body),
+        media=media,
+        ref_id=(body.get("ref") or {}).get("id") or (body.get("reply_to") or {}).get("id"),
+    )

@@ -20,8 +20,8 @@ from loguru import logger
 
 from oxyd import backoff
 from oxyd.engine import NotConnected, SendRejected
-from oxyd.model import PARKED, Media, Message, State
-from oxyd.outgoing import MEDIA_KINDS, Outgoing, SendResult, new_wa_id
+from oxyd.model import PARKED, State
+from oxyd.outgoing import Outgoing, SendResult, as_message, new_wa_id, summary_text
 from oxyd.store import outbox, sendqueue
 from oxyd.store.sendqueue import CANCELLED, FAILED, QUEUED, SENT, Row
 
@@ -145,7 +145,7 @@ class Sender:
             **row.json(),
             "sender": self._own(tid),
             "from_me": True,
-            "text": _text(row.kind, row.body),
+            "text": summary_text(row.kind, row.body),
             "delivered_at_ms": None,
             "read_at_ms": None,
             "played_at_ms": None,
@@ -316,7 +316,8 @@ class Sender:
         finally:
             self.in_flight.pop(tid, None)
         await self._finish(tid, row, SENT, result=res)
-        await self.sup.writer.put(tid, _message(row, res, self._own(tid), data), sent=True)
+        out = Outgoing(row.id, row.chat, row.kind, row.body, data)
+        await self.sup.writer.put(tid, as_message(out, res, self._own(tid)), sent=True)
         return True
 
     async def _finish(
@@ -403,38 +404,3 @@ class Sender:
                     f" than send.queue_max_age_s ({self.cfg.queue_max_age_s:g}s)"
                 )
                 await self._finish(tid, row, FAILED, error=why, only_if_queued=True)
-
-
-def _message(row: Row, res: SendResult, own_jid: str, data: bytes | None) -> Message:
-    """The sent message as the store keeps every message (chats, counters, receipts)."""
-    body = row.body
-    media = None
-    if row.kind in MEDIA_KINDS:
-        media = Media(
-            mime=body.get("mime"),
-            size_bytes=len(data) if data else None,
-            filename=body.get("filename"),
-            sha256=hashlib.sha256(data).hexdigest() if data else None,
-            duration_s=body.get("duration_s"),
-        )
-    return Message(
-        wa_id=res.wa_id,
-        chat=row.chat,
-        sender=own_jid,
-        from_me=True,
-        sent_at_ms=res.sent_at_ms,
-        kind=row.kind,
-        text=_text(row.kind, body),
-        media=media,
-        ref_id=(body.get("ref") or {}).get("id") or (body.get("reply_to") or {}).get("id"),
-    )
-
-
-def _text(kind: str, body: dict[str, Any]) -> str | None:
-    if kind == "poll":
-        return body.get("question")
-    if kind == "location":
-        return body.get("name") or f"{body.get('lat')},{body.get('lng')}"
-    if kind == "contact":
-        return body.get("name")
-    return body.get("text") or body.get("caption") or body.get("emoji")
