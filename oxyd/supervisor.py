@@ -228,6 +228,10 @@ class Supervisor:
     async def persist(self, r: Runner, alert: str | None) -> None:
         t = r.t
         data = self.tenant_json(r)
+        # Published before the write: the live feed must follow the in-memory state that
+        # snapshots read, in order. Published after it, a slow write let a subscriber get a
+        # snapshot that already showed a state and then that state's stale change event.
+        self.publish({"type": "state", "tenant": t.id, "data": data})
         rows = outbox.rows(
             self.subs, t.id, "tenant.state", {**data, "reason": t.last_error}, t.state_since_ms
         )
@@ -256,7 +260,6 @@ class Supervisor:
             if rows:
                 self.kick()
         self.sending.state_changed(t.id)
-        self.publish({"type": "state", "tenant": t.id, "data": data})
 
     def _defer_state(self, r: Runner, rows: list, e: Exception) -> None:
         if r.t.id not in self._unsaved:
