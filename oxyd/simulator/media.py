@@ -30,7 +30,7 @@ CDN_DIR = "simcdn"
 REF_PREFIX = "sim:"
 CHUNK_BYTES = 1 << 20
 WRITE_BYTES = 512 << 10
-MAX_GENERATED_BYTES = 4 << 30
+MAX_GENERATED_BYTES = 512 << 20  # a simulated upload is written to disk: bound it
 TYPES = ("image", "video", "audio", "voice", "document", "sticker")
 _DEFAULT_MIME = {
     "image": "image/jpeg",
