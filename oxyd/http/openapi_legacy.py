@@ -286,16 +286,80 @@ def _archive_ops() -> dict[str, Any]:
     return {"get": get, "put": put}
 
 
+_NE = {"type": "string", "minLength": 1}  # the simulator refuses empty strings
+_STRS = {"type": "array", "items": _NE}
+# One variant per action (the fields each action takes; the simulator checks them again).
+SIMULATE_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "message": (
+        {
+            "chat": _NE,
+            "text": _NE,
+            "count": {"type": "integer", "minimum": 1, "maximum": 100_000},
+            "id": _NE,
+            "from_me": BOOL,
+            "media": {"type": "object"},
+            "expired": BOOL,
+        },
+        ("chat",),
+    ),
+    "receipt": (
+        {
+            "ids": {"type": "array", "items": STR, "minItems": 1},
+            "type": {"type": "string", "enum": ["delivered", "read", "played"]},
+            "chat": _NE,
+        },
+        ("ids", "type", "chat"),
+    ),
+    "disconnect": ({}, ()),
+    "fail_connects": ({"count": {"type": "integer", "minimum": 0, "maximum": 100_000}}, ("count",)),
+    "stall": ({}, ()),
+    "logout": ({}, ()),
+    "replace": ({}, ()),
+    "ban": ({"expire_s": {"type": "number", "minimum": 0, "maximum": 10**8}}, ("expire_s",)),
+    "outdated": ({}, ()),
+    "history": (
+        {
+            "chats": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "messages": {"type": "integer", "minimum": 0, "maximum": 1000},
+        },
+        ("chats", "messages"),
+    ),
+    "contacts": ({"phones": _STRS, "names": {"type": "object"}, "pictures": BOOL}, ("phones",)),
+    "group": (
+        {"jid": _NE, "subject": _NE, "participants": _STRS, "description": STR, "admin": BOOL},
+        ("jid", "subject", "participants"),
+    ),
+    "call": ({"from": _NE, "video": BOOL}, ("from",)),
+    "server": ({}, ()),
+    "identity": ({"phone": _NE, "lid": _NE}, ("phone",)),
+    "offline": ({}, ()),
+    "online": ({}, ()),
+    "sent_log": ({}, ()),
+}
+SIMULATE_BODY = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {"action": {"type": "string", "enum": list(SIMULATE_VARIANTS)}},
+    "oneOf": [
+        _obj({"action": {"const": name}, **props}, ("action", *required), closed=True)
+        for name, (props, required) in SIMULATE_VARIANTS.items()
+    ],
+    "discriminator": {"propertyName": "action"},
+}
+# A message needs a text unless it carries media.
+SIMULATE_BODY["oneOf"][0]["anyOf"] = [{"required": ["text"]}, {"required": ["media"]}]
+
+
 def paths() -> dict[str, Any]:
     return {
         "/v1/tenants/{id}/archive": _archive_ops(),
         "/v1/tenants/{id}/simulate": {
             "post": _op(
-                "Simulator tenants: drive the simulated phone (design §7)",
+                "Simulator tenants: drive the simulated phone (design §7, §15)",
                 202,
                 _json(_obj({"ok": {"const": True}}, ("ok",))),
                 (409,),
-                body=_obj({"action": {"type": "string", "enum": list(SIM_ACTIONS)}}, ("action",)),
+                body=SIMULATE_BODY,
             )
         },
     }

@@ -12,6 +12,8 @@ from oxyd.http.keys import APP
 from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.people import People
+from oxyd.store.db import cursor_pattern
+from oxyd.store.directory import CONTACTS_CURSOR
 
 table = web.RouteTableDef()
 
@@ -63,6 +65,8 @@ def _participants(raw: list[str]) -> list[str]:
 
 # ---- shapes: the request schemas (validation and OpenAPI) ----
 
+CONTACTS_PAGE = s.cursor(cursor_pattern(*CONTACTS_CURSOR))
+
 REFRESH = {
     **s.BOOL,
     "default": False,
@@ -75,13 +79,19 @@ GROUP_PARAM = {
         description="must be a group JID (...@g.us)",
     )
 }
+# The same language as PHONE_RE / USER_JID_RE (what user_jid() accepts), so the schema is exact.
+USER_PATTERN = r"^(\+?[0-9]{6,15}|[0-9]{1,20}(:[0-9]{1,3})?@(s\.whatsapp\.net|lid))$"
+# phone_digits(): spaces anywhere, one leading +, 6 to 15 digits.
+PHONE_PATTERN = r"^ *(\+ *)?([0-9] *){6,15}$"
 CONTACT_PARAM = {
     "jid": s.string(
-        max_length=80, description="a phone number or a JID (...@s.whatsapp.net, ...@lid)"
+        max_length=80,
+        pattern=USER_PATTERN,
+        description="must be a phone number or a JID (...@s.whatsapp.net, ...@lid)",
     )
 }
 PARTICIPANTS = s.array(
-    s.string(max_length=80, description="a phone number or a JID"),
+    s.string(max_length=80, pattern=USER_PATTERN, description="must be a phone number or a JID"),
     max_items=MAX_PARTICIPANTS,
 )
 ENGINE_ERRORS = (409, 504)  # not connected; WhatsApp did not answer in time
@@ -106,7 +116,11 @@ INVITE = s.json_response(s.obj({"jid": s.STR, "link": s.STR}, ("jid", "link"), c
     body=s.obj(
         {
             "phones": s.array(
-                s.string(max_length=32, description="a phone number in international format"),
+                s.string(
+                    max_length=32,
+                    pattern=PHONE_PATTERN,
+                    description="must be a phone number in international format",
+                ),
                 min_items=1,
                 max_items=MAX_LOOKUP,
             )
@@ -129,7 +143,7 @@ async def lookup(request: web.Request, inp: Input) -> web.Response:
     "Contacts the store knows (push, saved and business names), ordered by JID",
     ok=(200, s.json_response(s.page_of("contacts", s.ref("Contact")))),
     errors=ENGINE_ERRORS,
-    query={"limit": s.integer(1, 1000, default=100), "cursor": s.OPAQUE_CURSOR, "refresh": REFRESH},
+    query={"limit": s.integer(1, 1000, default=100), "cursor": CONTACTS_PAGE, "refresh": REFRESH},
     field_codes={"cursor": "invalid_cursor"},
 )
 async def list_contacts(request: web.Request, inp: Input) -> web.Response:
@@ -249,6 +263,18 @@ async def join_group(request: web.Request, inp: Input) -> web.Response:
             400, "invalid_field", "invite: must be https://chat.whatsapp.com/<code> or the code"
         )
     return ok(await _people(request).join(inp.tenant, match.group(1)))
+
+
+@table.route("*", "/v1/tenants/{id}/groups/join")
+async def join_other_methods(request: web.Request) -> web.Response:
+    """Only POST: without this, GET .../groups/join would reach GET .../groups/{jid} and answer
+    400 for the jid "join" instead of 405 naming the one method this path has."""
+    raise ApiError(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed here; allowed: POST",
+        {"Allow": "POST"},
+    )
 
 
 @operation(

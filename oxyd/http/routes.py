@@ -60,8 +60,9 @@ READY = s.json_response(
         closed=False,
     )
 )
+# What pair() accepts: leading +, spaces anywhere, 6 to 15 digits.
 PHONE = s.string(
-    pattern=r"^\+?[0-9 ]{6,20}$",
+    pattern=r"^\+*( *[0-9]){6,15} *$",
     description="must be 6 to 15 digits in international format",
 )
 TENANT_ACTION = dict(ok=(202, TENANT_OK), errors=(409,))

@@ -5,24 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from oxyd.http import shapes as s
-from oxyd.http.inputs import (
-    query_param,
-)
 from oxyd.http.keys import APP
 from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
+from oxyd.store.db import CHATS_CURSOR, MESSAGES_CURSOR, cursor_pattern
 
 table = web.RouteTableDef()
 
 
 # ---- reading ----
-
-
-def _cursor(request: web.Request) -> str | None:
-    cursor = query_param(request, "cursor") or None
-    if cursor is not None and (len(cursor) > 512 or not cursor.isascii()):
-        raise ApiError(400, "invalid_cursor", "cursor: not a cursor this API returned")
-    return cursor
 
 
 LIMIT = s.integer(1, 1000, default=100)
@@ -38,7 +29,7 @@ CURSOR_CODES = {"cursor": "invalid_cursor"}
     query={
         "chat": s.string(max_length=256, description="a chat JID; all chats if absent or empty"),
         "limit": LIMIT,
-        "cursor": s.OPAQUE_CURSOR,
+        "cursor": s.cursor(cursor_pattern(*MESSAGES_CURSOR)),
     },
     field_codes=CURSOR_CODES,
 )
@@ -58,7 +49,7 @@ async def list_messages(request: web.Request, inp: Input) -> web.Response:
     "/v1/tenants/{id}/chats",
     "Chats, most recent first",
     ok=(200, s.json_response(s.page_of("chats", s.ref("Chat")))),
-    query={"limit": LIMIT, "cursor": s.OPAQUE_CURSOR},
+    query={"limit": LIMIT, "cursor": s.cursor(cursor_pattern(*CHATS_CURSOR))},
     field_codes=CURSOR_CODES,
 )
 async def list_chats(request: web.Request, inp: Input) -> web.Response:

@@ -9,7 +9,12 @@ from oxyd.http.send_body import MEDIA_TYPES, PRESENCE_STATES
 from oxyd.outgoing import KINDS, MAX_CAPTION_CHARS
 
 MSG_ID = {"name": "msg_id", "in": "path", "required": True, "schema": STR}
-CHAT = {"name": "chat", "in": "path", "required": True, "schema": STR}
+CHAT = {
+    "name": "chat",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": TO_PATTERN},
+}
 KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -94,6 +99,7 @@ SEND_BODY = _obj(
     closed=True,
 )
 SEND_BODY["description"] = "`to` and exactly one of text, media, location, contact, poll"
+SEND_BODY["oneOf"] = [{"required": [k]} for k in ("text", "media", "location", "contact", "poll")]
 
 
 def paths() -> dict[str, Any]:

@@ -24,6 +24,18 @@ table = web.RouteTableDef()
 
 FIELDS: dict[str, type | tuple] = {"reject_calls": bool, "mark_online": bool, "proxy": str}
 MAX_PROXY_CHARS = 1024
+_PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_USERINFO = r"([A-Za-z0-9._~%!$&'()*+,;=-]+(:[A-Za-z0-9._~%!$&'()*+,;=-]*)?@)?"
+# What proxy_url() accepts, as the schema says it (a strict subset: no IPv6 literals).
+PROXY_PATTERN = (
+    r"^(socks5|http)://" + _USERINFO + r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*:" + _PORT + "/?$"
+)
+PROXY = {
+    "type": "string",
+    "maxLength": MAX_PROXY_CHARS,
+    "pattern": PROXY_PATTERN,
+    "description": "must be a socks5:// or http:// URL with host and port",
+}
 
 
 def proxy_url(value: str, prefix: str = "") -> str:
@@ -62,14 +74,9 @@ def settings_fields(body: dict[str, Any], request: web.Request, prefix: str = ""
     errors=(403,),
     body=s.obj(
         {
-            "reject_calls": s.nullable(s.BOOL),
-            "mark_online": s.nullable(s.BOOL),
-            "proxy": s.nullable(
-                s.string(
-                    max_length=MAX_PROXY_CHARS,
-                    description="socks5:// or http:// URL with host and port; null: none",
-                )
-            ),
+            "reject_calls": s.BOOL,
+            "mark_online": s.BOOL,
+            "proxy": s.nullable(PROXY),
         },
         description="at least one setting",
     ),
@@ -91,5 +98,5 @@ async def patch_tenant(request: web.Request, inp: Input) -> web.Response:
 SETTINGS: dict[str, Any] = {
     "reject_calls": {"type": "boolean"},
     "mark_online": {"type": "boolean"},
-    "proxy": {"type": ["string", "null"], "maxLength": MAX_PROXY_CHARS},
+    "proxy": s.nullable(PROXY),
 }

@@ -146,12 +146,16 @@ def tagged(tag: str, variants: dict[str, Schema]) -> Schema:
 
 INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
 MS = {"type": ["integer", "null"]}
-OPAQUE_CURSOR = string(
-    max_length=512,
-    pattern="^[!-~]*$",
-    description="the next_cursor of the previous page, as returned (opaque: a cursor this API"
-    " did not return is refused with 400 invalid_cursor)",
-)
+
+
+def cursor(pattern: str) -> Schema:
+    """A page cursor: opaque to clients, but every string of its published shape is a position
+    (store/db.py), so only a cursor of another shape is refused (400 invalid_cursor)."""
+    return string(
+        pattern=pattern,
+        description="the next_cursor of the previous page, as returned (opaque)",
+    )
+
 
 WEBHOOK_URL = string(
     max_length=2048,

@@ -8,10 +8,10 @@ every commit without waiting behind a batch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -40,21 +40,41 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def encode_cursor(*parts: Any) -> str:
-    raw = json.dumps(parts, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# Cursors are keyset positions: parts joined by ".", an int in decimal, a str as the hex of its
+# UTF-8. Every string of the right shape is a position (the API publishes the exact pattern,
+# e.g. CURSOR_INT_INT), so a client can only get a 400 for a cursor of the wrong shape.
+CURSOR_INT = r"-?[0-9]{1,18}"
+CURSOR_STR = r"([0-9a-f]{2}){0,512}"
 
 
-def decode_cursor(cursor: str, arity: int) -> list[Any]:
-    """Raises ValueError for anything that is not a cursor we made."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        parts = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError("malformed cursor") from e
-    if not isinstance(parts, list) or len(parts) != arity:
+def encode_cursor(*parts: int | str) -> str:
+    return ".".join(str(p) if isinstance(p, int) else p.encode().hex() for p in parts)
+
+
+def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
+    """The parts, by `kinds` (int or str); ValueError for anything of another shape."""
+    pieces = cursor.split(".")
+    if len(pieces) != len(kinds):
         raise ValueError("malformed cursor")
-    return parts
+    out: list[Any] = []
+    for piece, kind in zip(pieces, kinds, strict=True):
+        if kind is int:
+            if not re.fullmatch(CURSOR_INT, piece):
+                raise ValueError("malformed cursor")
+            out.append(int(piece))
+        else:
+            if not re.fullmatch(CURSOR_STR, piece):
+                raise ValueError("malformed cursor")
+            out.append(bytes.fromhex(piece).decode("utf-8", "replace"))
+    return out
+
+
+MESSAGES_CURSOR = (int, int)  # (sent_at_ms, row id) of the last message shown
+CHATS_CURSOR = (int, str)  # (last_message_ms, jid) of the last chat shown
+
+
+def cursor_pattern(*kinds: type) -> str:
+    return "^" + r"\.".join(CURSOR_INT if k is int else CURSOR_STR for k in kinds) + "$"
 
 
 async def _pragmas(db: aiosqlite.Connection) -> None:
@@ -379,9 +399,7 @@ class Store:
             where.append("chat = ?")
             args.append(chat)
         if cursor is not None:
-            at_ms, row_id = decode_cursor(cursor, 2)
-            if not isinstance(at_ms, int) or not isinstance(row_id, int):
-                raise ValueError("malformed cursor")
+            at_ms, row_id = decode_cursor(cursor, MESSAGES_CURSOR)
             where.append("(sent_at_ms < ? OR (sent_at_ms = ? AND id < ?))")
             args += [at_ms, at_ms, row_id]
         sql = (
@@ -407,9 +425,7 @@ class Store:
         """Most recent first, keyset-paged on (last_message_ms, jid)."""
         where, args = ["tenant = ?"], [tenant_id]
         if cursor is not None:
-            at_ms, jid = decode_cursor(cursor, 2)
-            if not isinstance(at_ms, int) or not isinstance(jid, str):
-                raise ValueError("malformed cursor")
+            at_ms, jid = decode_cursor(cursor, CHATS_CURSOR)
             where.append(
                 "(coalesce(last_message_ms, 0) < ? OR"
                 " (coalesce(last_message_ms, 0) = ? AND jid < ?))"

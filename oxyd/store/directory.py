@@ -11,6 +11,8 @@ from oxyd.store.batch import IN_CHUNK
 from oxyd.store.db import Store, decode_cursor, encode_cursor
 from oxyd.store.people_events import GROUP_COLS, LID, PHONE, group_from_row, upsert_group
 
+CONTACTS_CURSOR = (str,)  # after this JID
+
 _CONTACT_SELECT = (
     "SELECT c.jid, c.push_name, c.full_name, c.first_name, c.business_name, c.updated_at_ms,"
     " (SELECT phone FROM lid_map WHERE tenant = c.tenant AND lid = c.jid),"
@@ -45,9 +47,7 @@ class Directory:
         """Ordered by JID, keyset-paged: stable while contacts are added."""
         where, args = "c.tenant = ?", [tenant]
         if cursor is not None:
-            (after,) = decode_cursor(cursor, 1)
-            if not isinstance(after, str):
-                raise ValueError("malformed cursor")
+            (after,) = decode_cursor(cursor, CONTACTS_CURSOR)
             where += " AND c.jid > ?"
             args.append(after)
         sql = f"{_CONTACT_SELECT} WHERE {where} ORDER BY c.jid LIMIT ?"
