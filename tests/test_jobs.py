@@ -184,12 +184,19 @@ async def test_retention_prunes_messages_outbox_and_optimizes(tmp_path, store, m
         outbox_runs.append(True)
         return 3
 
+    media_runs = []
+
+    async def media_sweep() -> dict:
+        media_runs.append(True)
+        return {}
+
     cfg = config(tmp_path, OXYD_RETENTION_MESSAGES_DAYS="7.5")
     jobs = Jobs(
         cfg,
         store=store,
         health_sweep=_ok,
         prune_outbox=prune_outbox,
+        media_sweep=media_sweep,
         clock=clock,
         retention_interval_s=0.02,
         optimize_interval_s=0.02,
@@ -197,7 +204,14 @@ async def test_retention_prunes_messages_outbox_and_optimizes(tmp_path, store, m
     )
     jobs.start()
     try:
-        await until(lambda: len(cutoffs) >= 2 and len(outbox_runs) >= 2 and len(optimized) >= 2)
+        await until(
+            lambda: (
+                len(cutoffs) >= 2
+                and len(outbox_runs) >= 2
+                and len(optimized) >= 2
+                and len(media_runs) >= 2
+            )
+        )
     finally:
         await jobs.stop()
     assert cutoffs[0] == clock.now_ms() - 7.5 * DAY_MS
