@@ -341,7 +341,18 @@ SIMULATE_BODY = {
     "required": ["action"],
     "properties": {"action": {"type": "string", "enum": list(SIMULATE_VARIANTS)}},
     "oneOf": [
-        _obj({"action": {"const": name}, **props}, ("action", *required), closed=True)
+        _obj(
+            {
+                "action": {"const": name},
+                # An optional field sent as null counts as left out (simulator.actions.field).
+                **{
+                    k: v if k in required else {"anyOf": [v, {"type": "null"}]}
+                    for k, v in props.items()
+                },
+            },
+            ("action", *required),
+            closed=True,
+        )
         for name, (props, required) in SIMULATE_VARIANTS.items()
     ],
     "discriminator": {"propertyName": "action"},

@@ -79,7 +79,8 @@ def settings_fields(body: dict[str, Any], request: web.Request, prefix: str = ""
             "proxy": s.nullable(PROXY),
         },
         description="at least one setting",
-    ),
+    )
+    | {"minProperties": 1},
     # `"proxy": null` means "no proxy" here, not "left out": the handler reads the body.
     raw_body=True,
 )
