@@ -380,9 +380,8 @@ class SimulatorClient(PeopleMixin):
     async def _a_history(self, a: dict[str, Any]) -> dict[str, Any]:
         chats = _field(a, "chats", int, required=True)
         per_chat = _field(a, "messages", int, required=True)
-        # At most 1,000 each: a million messages at most, a bound a schema can state.
-        if not (0 <= chats <= 1000 and 0 <= per_chat <= 1000):
-            raise SimulationError("chats, messages: must be between 0 and 1000 each")
+        if not (0 <= chats <= 10_000 and 0 <= per_chat <= 10_000 and chats * per_chat <= 10**6):
+            raise SimulationError("chats, messages: at most 10000 each and 1000000 in all")
         now = self.engine.clock.now_ms()
         msgs: list[m.Message] = []
         names: dict[str, str] = {}
