@@ -1,8 +1,8 @@
 """Control-port benchmark: 1,000 simulator tenants, GET /v1/tenants at 50 concurrent clients
 (target p99 <= 25 ms) and GET /healthz requests per second (target >= 3,000/s).
 
-    /tmp/venv/bin/python -P bench/http_api.py [--tenants 1000] [--clients 50] [--seconds 5]
-    /tmp/venv/bin/python -P bench/http_api.py --quick    # 100 tenants, 2 s per figure
+    .venv/bin/python -P bench/http_api.py [--tenants 1000] [--clients 50] [--seconds 5]
+    .venv/bin/python -P bench/http_api.py --quick    # 100 tenants, 2 s per figure
 
 The server is the real app (real store, supervisor, simulator engine) on a real TCP socket in a
 child process, so the load generator does not share its event loop or its CPU time.

@@ -1,7 +1,7 @@
 """Ingest benchmark: the store writer vs raw sqlite3.executemany, latency, and the whole path.
 
-    /tmp/venv/bin/python bench/ingest.py            # default: 200k rows, 10 s latency run
-    /tmp/venv/bin/python bench/ingest.py --quick    # smoke run, a few seconds
+    .venv/bin/python bench/ingest.py            # default: 200k rows, 10 s latency run
+    .venv/bin/python bench/ingest.py --quick    # smoke run, a few seconds
 
 Three figures, each as a ratio against a baseline measured in the same process (the machine
 is shared and noisy, so absolute rates vary between runs; ratios much less):

@@ -1,7 +1,7 @@
 """Figures for the neonize engine, offline (not run in CI).
 
-  /tmp/venv/bin/python bench/neonize_dispatch.py [--events 50000] [--retry-s 10]
-  /tmp/venv/bin/python bench/neonize_dispatch.py --quick   # 5,000 events, no retry part
+  .venv/bin/python bench/neonize_dispatch.py [--events 50000] [--retry-s 10]
+  .venv/bin/python bench/neonize_dispatch.py --quick   # 5,000 events, no retry part
 
 (Part 2's connects go to a proxy on 127.0.0.1 that answers 502 after 300 ms: nothing leaves
 the machine.)

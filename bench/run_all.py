@@ -1,8 +1,8 @@
 """Run every benchmark, each in its own subprocess, and print one table.
 
-    /tmp/venv/bin/python -P bench/run_all.py            # full size (about 25 minutes)
-    /tmp/venv/bin/python -P bench/run_all.py --quick    # smoke run (about 3 minutes)
-    /tmp/venv/bin/python -P bench/run_all.py --only ingest,http --markdown
+    .venv/bin/python -P bench/run_all.py            # full size (about 25 minutes)
+    .venv/bin/python -P bench/run_all.py --quick    # smoke run (about 3 minutes)
+    .venv/bin/python -P bench/run_all.py --only ingest,http --markdown
 
 Each bench runs as `python -P bench/<name>.py [--quick] --json FILE` in a fresh process (clean
 RSS, no cross-talk between benches), one after the other; its own output goes to

@@ -1,9 +1,9 @@
 """Soak: "24-hour behaviour in miniature". Steady load against the real daemon; RSS and open
 file descriptors must stay flat.
 
-    /tmp/venv/bin/python -P bench/soak.py              # 10 minutes
-    /tmp/venv/bin/python -P bench/soak.py --quick      # 1 minute
-    /tmp/venv/bin/python -P bench/soak.py --minutes 60 --tenants 200 --rate 500
+    .venv/bin/python -P bench/soak.py              # 10 minutes
+    .venv/bin/python -P bench/soak.py --quick      # 1 minute
+    .venv/bin/python -P bench/soak.py --minutes 60 --tenants 200 --rate 500
 
 What runs, all on 127.0.0.1:
 

@@ -1,7 +1,7 @@
 """Start-up benchmark: 1,000 persisted simulator tenants, RSS per tenant, and mass drops.
 
-    /tmp/venv/bin/python bench/startup.py            # default: 1,000 tenants
-    /tmp/venv/bin/python bench/startup.py --quick    # smoke run: 100 tenants
+    .venv/bin/python bench/startup.py            # default: 1,000 tenants
+    .venv/bin/python bench/startup.py --quick    # smoke run: 100 tenants
 
 1. Creates N simulator tenants once in a temporary data directory (a first in-process app run,
    then a clean stop), so they are persisted as an operator's would be.
