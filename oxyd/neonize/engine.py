@@ -2,8 +2,8 @@
 
 Only the oxyd/neonize_*.py modules import neonize (engine, client, pair, events: pure
 translation), all lazily, because `import neonize` calls logging.basicConfig: set up oxyd's
-logging first. Every rule below comes
-from the neonize field notes (shared/neonize-notes.md) (several neonize calls kill the whole process):
+logging first. Every rule below comes from the neonize field notes (shared/neonize-notes.md;
+several neonize calls kill the whole process):
 
 - ONE reader/writer gate around every neonize call: connect (until its first event, or
   `connect_hold_s`) and stop/logout exclusive, everything else shared; tenants start one at a
