@@ -1,4 +1,5 @@
 import pytest
+from helpers import oxyd_daemon
 from loguru import logger
 
 
@@ -25,3 +26,10 @@ def pytest_configure(config):
         import os
 
         os.environ["OXYD_LONG"] = "1"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A real `oxyd run` process (tests/helpers.py oxyd_daemon): {"url", "env", "data", "token"}."""
+    with oxyd_daemon(tmp_path) as running:
+        yield running

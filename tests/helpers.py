@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from oxyd import app as oxyd_app
@@ -107,6 +112,42 @@ def oxyd_env(
     )
     env.update(extra)
     return env
+
+
+DAEMON_TOKEN = "test-admin-token-0123456789"
+
+
+@contextlib.contextmanager
+def oxyd_daemon(tmp_path: Path, up_s: float = 30.0) -> Iterator[dict]:
+    """A real `oxyd run` process on a free port with the admin token DAEMON_TOKEN, up (its
+    /healthz answers) when this yields {"url", "env", "data", "token"}. Its log is
+    tmp_path/daemon.log; it gets SIGTERM at the end (SIGKILL after 30 s)."""
+    port = free_port()
+    env = oxyd_env(tmp_path / "data", port, DAEMON_TOKEN, OXYD_LOG_LEVEL="WARNING")
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + up_s
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    with urllib.request.urlopen(url + "/healthz", timeout=1):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "daemon did not come up"
+                    time.sleep(0.1)
+            yield {"url": url, "env": env, "data": tmp_path / "data", "token": DAEMON_TOKEN}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # Hypothesis strategies shared by the fuzz tests (tests/test_http_fuzz.py and

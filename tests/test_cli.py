@@ -9,11 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+from helpers import DAEMON_TOKEN
 
-TOKEN = "cli-test-admin-token-0123456789"
+TOKEN = DAEMON_TOKEN  # the `daemon` fixture's admin token (tests/conftest.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,40 +32,6 @@ def _wait(cond, deadline_s: float = 20.0, step_s: float = 0.05):
             return out
         time.sleep(step_s)
     raise AssertionError(f"condition not met within {deadline_s}s")
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "OXYD_DATA_DIR": str(tmp_path / "data"),
-        "OXYD_HTTP_PORT": str(port),
-        "OXYD_ADMIN_TOKEN": TOKEN,
-        "OXYD_LOG_LEVEL": "WARNING",
-    }
-    log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-    def healthy():
-        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    _wait(healthy)
-    yield {"url": f"http://127.0.0.1:{port}", "env": env, "data": tmp_path / "data"}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
 
 
 def cli(daemon, *argv: str, token: str | None = None, url: str | None = None):
