@@ -25,13 +25,13 @@ from oxyd.store.writer import Writer
 from oxyd.webhooks import USER_AGENT, Dispatcher, backoff_s, retry_after_s
 
 SECRET = "s3cret-for-tests"
-DOC = Path(__file__).resolve().parent.parent / "README.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "webhooks.md"
 
 
 def readme_verify() -> Callable[..., bool]:
-    """The receiver's verification function exactly as README.md shows it."""
+    """The receiver's verification function exactly as docs/webhooks.md shows it."""
     code = re.search(r"```python\n(.*?def verify.*?)```", DOC.read_text(), re.S)
-    assert code, "README.md lost its verify() example"
+    assert code, "docs/webhooks.md lost its verify() example"
     scope: dict[str, Any] = {}
     exec(code.group(1), scope)
     return scope["verify"]
