@@ -17,6 +17,20 @@ def delay_s(attempt: int, base_s: float, cap_s: float, rng: random.Random | None
     return d * (1 - JITTER * r)
 
 
+class Slot:
+    """One connect in flight, held from the dial until the attempt ends or `release()` gives
+    it back early (a connect that must wait for something else than its handshake)."""
+
+    def __init__(self, gate: ConnectGate) -> None:
+        self._gate = gate
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._gate._give_back()
+
+
 class ConnectGate:
     """At most `limit` connects in flight at once, so a restart or a mass drop does not turn
     into a storm that gets numbers banned. Counts the peak for metrics and benchmarks."""
@@ -29,12 +43,17 @@ class ConnectGate:
         self.total = 0
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._sem:
-            self.in_flight += 1
-            self.total += 1
-            self.peak = max(self.peak, self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+    async def slot(self) -> AsyncIterator[Slot]:
+        await self._sem.acquire()
+        self.in_flight += 1
+        self.total += 1
+        self.peak = max(self.peak, self.in_flight)
+        held = Slot(self)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    def _give_back(self) -> None:
+        self.in_flight -= 1
+        self._sem.release()

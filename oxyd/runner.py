@@ -18,9 +18,9 @@ from loguru import logger
 
 from oxyd import backoff, outage
 from oxyd import model as m
-from oxyd.backoff import ConnectGate
+from oxyd.backoff import ConnectGate, Slot
 from oxyd.clock import Clock
-from oxyd.config import Config
+from oxyd.config import Config, SupervisorConfig
 from oxyd.engine import Engine, StoreUnusable
 from oxyd.liveness import Traffic
 from oxyd.model import PARKED, State
@@ -110,6 +110,7 @@ class Runner:
         self._store_checked = False
         self.in_session = False  # connected: pausing the client is allowed (not while pairing)
         self.pauses = 0  # times the engine was asked to stop receiving (back-pressure)
+        self._slot: Slot | None = None  # the connect slot while an attempt holds it
 
     # ---- the engine's sink: on the loop thread, never awaits ----
 
@@ -255,27 +256,39 @@ class Runner:
 
     async def _attempt(self) -> m.Connected:
         cfg = self.sup.cfg.supervisor
-        async with self.sup.gate.slot():
-            self.t.next_attempt_ms = None
-            await self.set(State.CONNECTING, self.t.last_error)
+        # Data left from the last session goes to the writer before a slot is taken: a runner
+        # that waits for room in a starved writer while it holds a slot keeps every other
+        # tenant from connecting (a soak left 21 tenants in `connecting` that way).
+        await self._store_buffered()
+        async with self.sup.gate.slot() as slot:
+            self._slot = slot
             try:
-                if self.t.settings:  # proxy, reject_calls, mark_online (PATCH /v1/tenants/{id})
-                    await self.client.configure(self.t.settings)
-                await self.client.connect()
-            except asyncio.CancelledError:
-                raise
-            except StoreUnusable as e:  # needs a person: retrying cannot repair a store
-                raise _Ended(f"device store unusable: {e}", State.FAILED) from e
-            except Exception as e:
-                raise _Ended(f"connect failed: {e}") from e
-            deadline = self.sup.clock.monotonic() + cfg.connect_timeout_s
-            while True:
-                ev = await self.next_event(deadline)
-                if ev is None:
-                    raise _Ended(f"connect timed out after {cfg.connect_timeout_s:g}s")
-                if isinstance(ev, m.Connected):
-                    return ev
-                self._check_end(ev)
+                return await self._dial(cfg)
+            finally:
+                self._slot = None
+
+    async def _dial(self, cfg: SupervisorConfig) -> m.Connected:
+        """One connect inside its slot: the session's first event decides."""
+        self.t.next_attempt_ms = None
+        await self.set(State.CONNECTING, self.t.last_error)
+        try:
+            if self.t.settings:  # proxy, reject_calls, mark_online (PATCH /v1/tenants/{id})
+                await self.client.configure(self.t.settings)
+            await self.client.connect()
+        except asyncio.CancelledError:
+            raise
+        except StoreUnusable as e:  # needs a person: retrying cannot repair a store
+            raise _Ended(f"device store unusable: {e}", State.FAILED) from e
+        except Exception as e:
+            raise _Ended(f"connect failed: {e}") from e
+        deadline = self.sup.clock.monotonic() + cfg.connect_timeout_s
+        while True:
+            ev = await self.next_event(deadline)
+            if ev is None:
+                raise _Ended(f"connect timed out after {cfg.connect_timeout_s:g}s")
+            if isinstance(ev, m.Connected):
+                return ev
+            self._check_end(ev)
 
     def _check_end(self, ev: m.Event) -> None:
         state = _TERMINAL.get(type(ev))
@@ -458,8 +471,21 @@ class Runner:
         if taken < len(batch):
             if self.in_session:
                 await self._wait_room_or_pause()
-            else:
-                await self.sup.writer.wait_room()
+                return
+            slot = self._slot
+            if slot is not None and slot.held:
+                # Data during a connect attempt: the handshake is done (WhatsApp delivers
+                # offline messages only to a logged-in session, sometimes before the Connected
+                # event), and a slot held through a wait for the writer would keep the other
+                # tenants from connecting. Given back for the rest of this attempt.
+                self.log.debug("store writer full during the connect: connect slot released")
+                slot.release()
+            await self.sup.writer.wait_room()
+
+    async def _store_buffered(self) -> None:
+        """Hand the data events at the head of the buffer to the writer, waiting for room."""
+        while self.events and isinstance(self.events[0], _DATA):
+            await self._ingest()
 
     async def _wait_room_or_pause(self) -> None:
         """Wait for room in the writer; if this buffer fills up first, pause the session."""
