@@ -1,6 +1,6 @@
 """Node-to-node routes under /v1/cluster/ (cluster token, not a user token): where is a
 tenant, and receive a tenant's archive. Served only in cluster mode; internal, so not in the
-public OpenAPI document (the README lists them)."""
+public OpenAPI document (docs/cluster.md lists them)."""
 
 from __future__ import annotations
 

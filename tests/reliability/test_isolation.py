@@ -64,7 +64,7 @@ class FlakyClient:
     def __init__(self, inner: Any, sink, rng: random.Random, p: float) -> None:
         self.inner, self.sink, self.rng, self.p = inner, sink, rng, p
         self.calls = self.failures = 0
-        self.armed = False  # off while the tenant is added (see the bug note in README.md)
+        self.armed = False  # off while the tenant is added; armed once all exist
 
     def _roll(self, name: str) -> None:
         self.calls += 1
