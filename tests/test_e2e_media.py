@@ -143,6 +143,63 @@ def test_sigkill_mid_download_leaves_no_visible_partial_and_resumes(tmp_path):
         fast.kill()
 
 
+def test_restore_without_media_downloads_the_files_again_or_says_why_not(daemon, tmp_path):
+    """A backup without backup.media, restored: the rows say stored but the files are gone.
+    At the next start they go back to pending; a file whose CDN copy is still there comes
+    back (same URL, same bytes), one whose copy is gone too fails with the reason."""
+    import asyncio
+    import shutil
+
+    from oxyd.backup import create_backup, restore_backup
+
+    daemon.start()
+    add_tenant(daemon, "acme")
+    photo = os.urandom(400_000)
+    wa_photo = simulate_media(
+        daemon, "acme", {"type": "image", "data_b64": base64.b64encode(photo).decode()}
+    )
+    wa_doc = simulate_media(daemon, "acme", {"type": "document", "size": 300_000})
+    photo_media, doc_media = settled(daemon, "acme", wa_photo), settled(daemon, "acme", wa_doc)
+    assert photo_media["status"] == doc_media["status"] == "stored"
+    assert daemon.stop() == 0
+
+    key = os.urandom(32)
+    archive = asyncio.run(create_backup(daemon.data_dir, key, media=False))
+    # The simulated CDN lives in the tenant folder, which a restore replaces: keep the
+    # photo's copy aside (WhatsApp's CDN is not ours to restore), let the document's go.
+    cdn = daemon.data_dir / "tenants" / "acme" / "simcdn"
+    aside = tmp_path / "cdn-aside"
+    aside.mkdir()
+    for f in cdn.iterdir():
+        if f.is_file() and f.read_bytes() == photo:
+            shutil.copy2(f, aside / f.name)
+    assert len(list(aside.iterdir())) == 1
+    asyncio.run(restore_backup(archive, daemon.data_dir, key, force=True))
+    assert not (daemon.data_dir / "tenants" / "acme" / "media").exists()
+    cdn.mkdir(parents=True, exist_ok=True)
+    for f in aside.iterdir():
+        shutil.copy2(f, cdn / f.name)
+
+    daemon.start()
+
+    def photo_back() -> bool:
+        code, body, _ = fetch(daemon, photo_media["url"])
+        return code == 200 and body == photo
+
+    sync_until(photo_back, 60, "the photo downloaded again")
+    assert settled(daemon, "acme", wa_photo)["url"] == photo_media["url"]
+
+    def doc_failed() -> bool:
+        media = media_of(daemon, "acme", wa_doc)
+        return bool(media) and media["status"] == "failed"
+
+    sync_until(doc_failed, 60, "the document failed for good")
+    reason = media_of(daemon, "acme", wa_doc)["reason"]
+    assert "404" in reason and "no longer has this file" in reason, reason
+    code, _, _ = fetch(daemon, doc_media["url"])
+    assert code == 404
+
+
 def _row_status(data_dir, wa_id: str) -> str:
     import sqlite3
 

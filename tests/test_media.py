@@ -229,6 +229,86 @@ async def test_quota_skips_and_alerts_once(tmp_path, monkeypatch):
         await h.close()
 
 
+async def test_a_file_lost_behind_our_back_is_fetched_again_when_served(h):
+    await h.add("acme")
+    data = os.urandom(200_000)
+    wa_id = await send_media(
+        h, "acme", {"type": "image", "data_b64": base64.b64encode(data).decode()}
+    )
+    url = (await settled(h, "acme", wa_id))["media"]["url"]
+    files.path_of(h.app.cfg.data_dir, "acme", url[-64:]).unlink()
+    r = await h.req("GET", url)
+    assert r.status == 404 and "downloaded again" in (await r.json())["error"]["message"]
+
+    async def back():
+        r = await h.req("GET", url)
+        return r.status == 200 and await r.read() == data
+
+    await until(back, 20, "the file fetched again")
+    m = await message(h, "acme", wa_id)
+    assert m["media"]["status"] == "stored" and m["media"]["url"] == url
+    assert h.app.extras["media"].bytes_by_tenant["acme"] == len(data)
+
+
+async def _alerts(h: Harness) -> int:
+    async with h.app.store.ro.execute(
+        "SELECT count(*) FROM outbox WHERE type='alert.media_quota'"
+    ) as cur:
+        return (await cur.fetchone())[0]
+
+
+async def test_quota_alert_once_survives_restarts_until_the_quota_or_usage_changes(
+    tmp_path, monkeypatch
+):
+    """Once is durable: a restart does not alert again; another quota, or usage that went
+    down (retention), lets the next refused file alert again."""
+
+    async def restarted(quota_mb: str) -> Harness:
+        h = await Harness.start(tmp_path, monkeypatch, OXYD_MEDIA_QUOTA_MB=quota_mb)
+        await until(lambda: h.app.supervisor.runners["acme"].t.state == "connected")
+        return h
+
+    async def refused(h: Harness) -> None:
+        wa_id = await send_media(h, "acme", {"type": "document", "size": 700_000})
+        assert "quota" in (await settled(h, "acme", wa_id))["media"]["reason"]
+
+    h = await Harness.start(tmp_path, monkeypatch, OXYD_MEDIA_QUOTA_MB="1")
+    try:
+        await h.add("acme")
+        r = await h.req(
+            "PUT", "/v1/tenants/acme/webhook", json={"url": "http://127.0.0.1:9/h", "secret": "s"}
+        )
+        assert r.status in (200, 204), await r.text()
+        first = await send_media(h, "acme", {"type": "document", "size": 700_000})
+        assert (await settled(h, "acme", first))["media"]["status"] == "stored"
+        await refused(h)
+        assert await _alerts(h) == 1
+    finally:
+        await h.close()
+    h = await restarted("1")
+    try:
+        await refused(h)
+        assert await _alerts(h) == 1  # not again after the restart
+    finally:
+        await h.close()
+    h = await restarted("1.5")  # another quota: the next refused file alerts again
+    try:
+        fits = await send_media(h, "acme", {"type": "document", "size": 700_000})
+        assert (await settled(h, "acme", fits))["media"]["status"] == "stored"
+        await refused(h)
+        await refused(h)
+        assert await _alerts(h) == 2
+        # usage goes down (the stored file's message is deleted, retention frees it)
+        await h.app.store.prune_messages(h.app.clock.now_ms() + 1)
+        downloads = h.app.extras["media"]
+        await media_retention.sweep(
+            h.app.cfg.media, h.app.cfg.data_dir, downloads.table, downloads, h.app.clock
+        )
+        assert await downloads.table.quota_alerts() == {}
+    finally:
+        await h.close()
+
+
 async def test_retention_removes_unreferenced_files(h):
     await h.add("acme")
     wa_id = await send_media(h, "acme", {"type": "image", "size": 4096})

@@ -4,6 +4,7 @@ the downloader retries later, costing no attempt)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 
@@ -233,3 +234,65 @@ async def test_download_through_an_engine_host_with_no_network(tmp_path):
             await client.stop()
         finally:
             assert await pool.close()
+
+
+class _GoneCdn:
+    """Stands in for neonize's Go client once logged in: its download answers what whatsmeow
+    raises for a CDN copy that is gone."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.calls = 0
+
+    @property
+    def is_logged_in(self):
+        async def yes() -> bool:
+            return True
+
+        return yes()
+
+    async def download_any(self, msg):
+        self.calls += 1
+        raise Exception(f"failed to download: download failed with status code {self.status}")
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+async def test_a_gone_cdn_copy_fails_with_the_reason_and_the_way_to_retry(tmp_path, status):
+    """The real engine's path for 403/404/410: the download through the gate says `expired`,
+    the re-upload request is refused (neonize 0.5.2 has no media retry receipt), and the row
+    fails for good with a reason that says so and how to try again."""
+    engine = NeonizeEngine(tmp_path)
+    tid = f"t{uuid.uuid4().hex[:10]}"
+    client = engine.client(tid, lambda ev: None)
+    client._nc = cdn = _GoneCdn(status)
+    client._task = asyncio.create_task(asyncio.sleep(3600))  # "running"
+    store = await Store.open(tmp_path)
+    try:
+        subs = outbox.Subscriptions(None)
+        writer = Writer(store, RealClock(), subs)
+        writer.start()
+        msg = tr.message_from_event(
+            event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
+        )
+        await writer.put(tid, msg)
+        await writer.flush()
+        table = MediaTable(store, subs)
+        downloads = Downloads(MediaConfig(), tmp_path, table, RealClock(), lambda t: (client, True))
+        await downloads.start()
+        downloads.wake()
+
+        async def failed():
+            job = await table.by_wa_id(tid, "MEDIA1")
+            return job if job.status == "failed" else None
+
+        job = await until(failed, 10)
+        assert f"status code {status}" in job.reason
+        assert "not available with this engine" in job.reason
+        assert "POST /v1/tenants/{id}/messages/{msg_id}/media" in job.reason
+        assert cdn.calls == 1 and downloads.results["expired"] == 1
+        await downloads.stop()
+        await writer.stop()
+    finally:
+        client._task.cancel()
+        client._nc = None
+        await store.close()

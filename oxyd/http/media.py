@@ -70,7 +70,15 @@ async def get_media(request: web.Request, inp: Input) -> web.StreamResponse:
     try:
         size = (await asyncio.to_thread(path.stat)).st_size
     except FileNotFoundError:
-        raise _not_found(sha) from None  # deleted behind oxyd's back
+        # Lost behind oxyd's back (a restore without media, deleted by hand): its messages
+        # go back to pending and the file is downloaded again.
+        await downloads(request).file_missing(tid, sha)
+        raise ApiError(
+            404,
+            "media_not_found",
+            "this file is missing from disk; it is being downloaded again"
+            " (the message's media.status tells when it is back, or why not)",
+        ) from None
     _check_range(request, size)
     ctype = mime if MIME_RE.fullmatch(mime or "") else "application/octet-stream"
     headers = {

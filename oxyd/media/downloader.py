@@ -19,10 +19,10 @@ from loguru import logger
 from oxyd.clock import Clock
 from oxyd.config import MediaConfig
 from oxyd.engine import Client, EngineError, NotConnected
-from oxyd.media import files
+from oxyd.media import files, recovery
 from oxyd.media.queue import PAGE, FairQueue
-from oxyd.store import outbox
-from oxyd.store.media import FAILED, PENDING, SKIPPED, STORED, Job, MediaTable, Outcome
+from oxyd.media.quota import QuotaAlerts
+from oxyd.store.media import FAILED, KEPT_REF, PENDING, SKIPPED, STORED, Job, MediaTable, Outcome
 
 MIB = 1 << 20
 OFFLINE_RETRY_S = 30.0  # a tenant that is not connected: look again later, no attempt spent
@@ -57,7 +57,7 @@ class Downloads:
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._dirty = True
-        self._quota_alerted: set[str] = set()
+        self.quota = QuotaAlerts(table, clock)
         self._loop_task: asyncio.Task | None = None
         self._partial_dirs: set[str] = set()
         self._finishing: list[tuple[Outcome, asyncio.Future]] = []
@@ -72,6 +72,7 @@ class Downloads:
         for tenant in unreadable:
             logger.bind(tenant=tenant).error("media folder unreadable; its downloads will fail")
         self.bytes_by_tenant = Counter(await self.table.bytes_by_tenant())
+        await self.quota.load(self.bytes_by_tenant, self._quota_bytes())
         self._loop_task = asyncio.create_task(self._loop(), name="oxyd-media")
 
     async def stop(self) -> None:
@@ -101,6 +102,7 @@ class Downloads:
     # ---- scheduling ----
 
     async def _loop(self) -> None:
+        await self._recover()
         q = self._queue
         while True:
             # Cleared before the work, not after: a wake() during an await below must not be
@@ -118,6 +120,23 @@ class Downloads:
             if q.page_due:
                 self._wake.set()
             await self._wait()
+
+    async def _recover(self) -> None:
+        """Before the first download: stored rows whose file is gone go back to pending."""
+        try:
+            if await recovery.find_lost(self.data_dir, self.table):
+                await self.recount()
+                self._dirty = True
+        except Exception as e:  # never stops the downloads; serving still finds them one by one
+            logger.opt(exception=e).error("media: the check for missing files failed: {}", e)
+
+    async def file_missing(self, tenant: str, sha256: str) -> None:
+        """Serving found a stored file missing: its rows go back to pending (see recovery)."""
+        if await self.table.mark_lost(tenant, [sha256]):
+            logger.bind(tenant=tenant).warning("media {} missing from disk; fetching again", sha256)
+            self.bytes_by_tenant[tenant] = (await self.table.bytes_by_tenant(tenant)).get(tenant, 0)
+            self._queue.rewind(tenant)
+            self.wake()
 
     async def _wait(self) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -177,6 +196,10 @@ class Downloads:
                 await self._over_quota(job, quota)
                 return
         if await self._dedup(job):
+            return
+        if job.ref == KEPT_REF or not job.ref:
+            # Sent through this API: the kept copy was the only one oxyd had.
+            await self._done(job, FAILED, "the copy kept of this sent file is missing from disk")
             return
         if not connected:
             await self._later(job, OFFLINE_RETRY_S, "waiting for the tenant to connect")
@@ -305,22 +328,8 @@ class Downloads:
         await self._done(
             job, SKIPPED, f"media.quota_mb reached ({used // MIB} of {quota // MIB} MiB used)"
         )
-        if job.tenant in self._quota_alerted:
-            return
-        self._quota_alerted.add(job.tenant)
-        now_ms = self.clock.now_ms()
-        data = {
-            "reason": f"media quota reached: {used} of {quota} bytes used",
-            "used_bytes": used,
-            "quota_bytes": quota,
-            "action": "raise media.quota_mb, lower media.retention_days, or delete media;"
-            " skipped files can be fetched later with POST .../messages/{msg_id}/media",
-        }
-        rows = outbox.rows(self.table.subs, job.tenant, "alert.media_quota", data, now_ms)
-        if rows:
-            await self.table.store.append_outbox(rows)
+        if await self.quota.reached(job.tenant, used, quota):
             self.kick()
-        logger.bind(tenant=job.tenant).warning("media quota reached; new media is skipped")
 
     async def _done(
         self,
@@ -382,12 +391,13 @@ class Downloads:
             raise EngineError(f"{job.size} bytes is over media.max_bytes ({self.cfg.max_bytes})")
         await self.table.requeue(job, self.clock.now_ms())
         job.status, job.attempts, job.reuploaded, job.reason = PENDING, 0, False, None
-        self._quota_alerted.discard(tenant)
         self._queue.enqueue(job, front=True)
         self._wake.set()
         return True, job
 
-    def forget_quota_alerts(self) -> None:
-        """After retention freed space, a full tenant may alert again when it fills up."""
-        quota = self._quota_bytes()
-        self._quota_alerted = {t for t in self._quota_alerted if self.bytes_by_tenant[t] >= quota}
+    async def recount(self) -> None:
+        """Bytes per tenant again from the table (retention freed space, files were lost): a
+        tenant using less than at its quota alert may alert again when it fills up."""
+        self.bytes_by_tenant.clear()
+        self.bytes_by_tenant.update(await self.table.bytes_by_tenant())
+        await self.quota.rearm(self.bytes_by_tenant, self._quota_bytes())

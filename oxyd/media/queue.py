@@ -33,6 +33,12 @@ class FairQueue:
     def may_have_more(self, tenants: list[str]) -> None:
         self._more.update(tenants)
 
+    def rewind(self, tenant: str) -> None:
+        """Rows of `tenant` went back to pending behind the cursor (lost files): read its
+        pending rows from the start again (the ones already known are skipped)."""
+        self._cursor.pop(tenant, None)
+        self._more.add(tenant)
+
     def to_refill(self) -> list[tuple[str, int]]:
         """(tenant, cursor) of tenants whose next page should be loaded now."""
         self.page_due = False

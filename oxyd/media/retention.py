@@ -19,6 +19,7 @@ from oxyd.clock import Clock
 from oxyd.config import MediaConfig
 from oxyd.media import files
 from oxyd.media.downloader import Downloads
+from oxyd.store import media_retention
 from oxyd.store.media import MediaTable
 
 DAY_MS = 86_400_000
@@ -27,11 +28,12 @@ DAY_MS = 86_400_000
 async def sweep(
     cfg: MediaConfig, data_dir: Path, table: MediaTable, downloads: Downloads, clock: Clock
 ) -> dict[str, int]:
-    orphans = await table.drop_orphans()
+    orphans = await media_retention.drop_orphans(table.store)
     expired = 0
     if cfg.retention_days > 0:
         now_ms = clock.now_ms()
-        expired = await table.expire_before(now_ms - int(cfg.retention_days * DAY_MS), now_ms)
+        cutoff_ms = now_ms - int(cfg.retention_days * DAY_MS)
+        expired = await media_retention.expire_before(table.store, cutoff_ms, now_ms)
     removed = freed = 0
     for tenant in await asyncio.to_thread(datadir.tenant_folders, data_dir):
         try:
@@ -45,7 +47,7 @@ async def sweep(
         # A file moved in before the listing either has its stored row by the query, or was
         # still being committed when `busy` was taken; one moved in later is not listed.
         busy = {sha for (t, sha) in downloads.committing if t == tenant}
-        keep = await table.referenced(tenant)
+        keep = await media_retention.referenced(table.store, tenant)
         gone = [sha for sha in on_disk if sha not in keep and sha not in busy]
         for sha in gone:
             try:
@@ -55,9 +57,7 @@ async def sweep(
         removed += len(gone)
         freed += sum(on_disk[s] for s in gone)
     if removed or orphans or expired:
-        downloads.bytes_by_tenant.clear()
-        downloads.bytes_by_tenant.update(await table.bytes_by_tenant())
-        downloads.forget_quota_alerts()
+        await downloads.recount()
         logger.info(
             "media retention: {} file(s) deleted ({} bytes freed), {} expired by age,"
             " {} row(s) of deleted messages dropped",

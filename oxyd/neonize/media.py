@@ -3,7 +3,9 @@
 What neonize 0.5.2 can do (read in its wheel and Go shim): `DownloadAny(message)` and
 `DownloadMediaWithPath(...)` both return the WHOLE decrypted file as bytes through the FFI
 (its `path` argument only writes those bytes afterwards); there is no streaming download, and
-there is no export for whatsmeow's `SendMediaRetryReceipt` nor a MediaRetry event. So here:
+there is no export for whatsmeow's `SendMediaRetryReceipt` nor a MediaRetry event (its .so
+exports no such symbol, and upstream's goneonize lists MediaRetry as "not implemented yet").
+So here:
 - the announced size is checked against `max_bytes` BEFORE the call (WhatsApp's fileLength),
   which bounds the memory a download can take;
 - the bytes are written and hashed in a thread, then dropped;
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
     from oxyd.neonize.client import NeonizeClient
 
 NO_MEDIA_RETRY = (
-    "neonize 0.5.2 cannot send WhatsApp's media retry receipt (no such export): the phone"
-    " cannot be asked to re-upload an expired file on this engine"
+    "asking the phone to re-upload is not available with this engine (neonize 0.5.2 exports"
+    " no SendMediaRetryReceipt); POST /v1/tenants/{id}/messages/{msg_id}/media downloads it"
+    " again"
 )
 # whatsmeow: ErrMediaDownloadFailedWith403/404/410 ("download failed with status code N"),
 # ErrNoURLPresent: the CDN copy is gone.

@@ -18,6 +18,10 @@ from oxyd.store import outbox
 from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
 
 PENDING, STORED, FAILED, SKIPPED = "pending", "stored", "failed", "skipped"
+# Media.ref of media oxyd sent itself and kept a copy of (never an engine's reference: the
+# file is in the store already and cannot be downloaded again).
+KEPT_REF = "oxyd:kept"
+LOST_REASON = "the stored file is missing from disk (restored without media?); fetching it again"
 
 _COLS = (
     "id, tenant, chat, sender, wa_id, from_me, type, mime, size, expected_sha256, sha256, ref,"
@@ -72,12 +76,13 @@ def policy_status(cfg: MediaConfig, m: Message, *, manual: bool = False) -> tupl
     """(status, reason) a media message starts with. A manual retry (POST .../media) overrides
     the switches that say "not automatically", never the size bound."""
     media = m.media
-    if media is None or not media.ref:
-        # A message sent through oxyd's API has no CDN reference to fetch it back by.
-        return SKIPPED, "no download reference (a message sent through this API keeps no copy)"
+    if media is None:
+        return SKIPPED, "no media"
+    if media.ref == KEPT_REF:
+        return STORED, None  # sent through this API: its bytes were kept when it was sent
     if media.size_bytes is not None and media.size_bytes > cfg.max_bytes:
         return SKIPPED, f"{media.size_bytes} bytes is over media.max_bytes ({cfg.max_bytes})"
-    if manual:
+    if manual and media.ref:
         return PENDING, None
     if not cfg.download:
         return SKIPPED, "media.download is off"
@@ -85,6 +90,10 @@ def policy_status(cfg: MediaConfig, m: Message, *, manual: bool = False) -> tupl
         return SKIPPED, f"type {m.kind} is not in media.types"
     if m.from_history and not cfg.history:
         return SKIPPED, "history-sync media (media.history is off)"
+    if not media.ref:
+        # Sent through this API, and its copy could not be kept (oxyd/media/kept.py logs why);
+        # there is no CDN reference to fetch it back by.
+        return SKIPPED, "sent through this API; no copy was kept (media.quota_mb or a disk error)"
     return PENDING, None
 
 
@@ -116,8 +125,8 @@ def initial_json(cfg: MediaConfig, tenant: str, m: Message) -> str | None:
 
 _INSERT = (
     "INSERT INTO media (tenant, chat, sender, wa_id, from_me, type, mime, size, expected_sha256,"
-    " ref, status, reason, sent_at_ms, queued_at_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT DO NOTHING"
+    " ref, status, reason, sent_at_ms, queued_at_ms, sha256, done_at_ms)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 )
 
 
@@ -138,9 +147,11 @@ def queue_new(
         status, reason = policy_status(cfg, m)
         pending += status == PENDING
         md = m.media
+        kept = status == STORED  # a sent file kept at send time: its row is final already
         rows.append(
             (tenant, chat, sender, wa_id, int(m.from_me), m.kind, md.mime, md.size_bytes,
-             md.sha256, md.ref, status, reason, m.sent_at_ms, now_ms)
+             md.sha256, md.ref, status, reason, m.sent_at_ms, now_ms,
+             md.sha256 if kept else None, now_ms if kept else None)
         )  # fmt: skip
     if rows:
         conn.executemany(_INSERT, rows)
@@ -192,13 +203,21 @@ class MediaTable:
             row = await cur.fetchone()
         return None if row is None else row[0]
 
-    async def bytes_by_tenant(self) -> dict[str, int]:
-        """Bytes on disk per tenant: each distinct file once."""
+    async def bytes_by_tenant(self, tenant: str | None = None) -> dict[str, int]:
+        """Bytes on disk per tenant (or of one tenant): each distinct file once."""
+        where, args = ("AND tenant=?", (tenant,)) if tenant is not None else ("", ())
         async with self.store.ro.execute(
             "SELECT tenant, sum(size) FROM (SELECT DISTINCT tenant, sha256, size FROM media"
-            " WHERE status='stored') GROUP BY tenant"
+            f" WHERE status='stored' {where}) GROUP BY tenant",
+            args,
         ) as cur:
             return {r[0]: r[1] or 0 for r in await cur.fetchall()}
+
+    async def stored_tenants(self) -> list[str]:
+        async with self.store.ro.execute(
+            "SELECT DISTINCT tenant FROM media WHERE status='stored'"
+        ) as cur:
+            return [r[0] for r in await cur.fetchall()]
 
     async def counts(self) -> dict[str, int]:
         async with self.store.ro.execute("SELECT status, count(*) FROM media GROUP BY status") as c:
@@ -304,50 +323,66 @@ class MediaTable:
 
         return await self.store.run_tx(apply)
 
-    # ---- retention ----
-
-    async def drop_orphans(self, batch: int = 5000) -> int:
-        """Media rows whose message is gone (message retention, purge)."""
-        return await self.store.delete_in_batches(
-            "DELETE FROM media WHERE id IN (SELECT m.id FROM media m WHERE NOT EXISTS"
-            " (SELECT 1 FROM messages x WHERE x.tenant=m.tenant AND x.chat=m.chat"
-            " AND x.sender=m.sender AND x.wa_id=m.wa_id) LIMIT ?)",
-            (),
-            batch,
-        )
-
-    async def expire_before(self, before_ms: int, now_ms: int, limit: int = 5000) -> int:
-        """media.retention_days: stored rows of messages older than the cutoff let go of their
-        file (the message stays; its media shows as skipped with the reason)."""
-        reason = "deleted by media.retention_days"
+    async def mark_lost(self, tenant: str, shas: list[str]) -> int:
+        """Stored rows of `tenant` whose file (by hash) is gone from disk go back to pending,
+        with a fresh attempt budget, to be downloaded again (the CDN copy may still be there;
+        if not, the expired path decides). The hash they had becomes the one expected, so the
+        new download is verified against it. Returns how many rows changed."""
 
         def apply(conn: sqlite3.Connection) -> int:
-            ids = conn.execute(
-                "SELECT id, tenant, chat, sender, wa_id FROM media WHERE status='stored'"
-                " AND sent_at_ms < ? LIMIT ?",
-                (before_ms, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE media SET status='skipped', reason=?, done_at_ms=? WHERE id=?",
-                [(reason, now_ms, i[0]) for i in ids],
-            )
-            conn.executemany(
-                "UPDATE messages SET media=json_set(media, '$.status', 'skipped', '$.reason', ?,"
-                " '$.url', NULL) WHERE tenant=? AND chat=? AND sender=? AND wa_id=?",
-                [(reason, *i[1:]) for i in ids],
-            )
-            return len(ids)
+            n = 0
+            for sha in shas:
+                ids = conn.execute(
+                    "SELECT id, chat, sender, wa_id FROM media WHERE tenant=? AND sha256=?"
+                    " AND status='stored'",
+                    (tenant, sha),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE media SET status='pending', reason=?, attempts=0, reuploaded=0,"
+                    " next_attempt_ms=0, done_at_ms=NULL,"
+                    " expected_sha256=coalesce(expected_sha256, sha256) WHERE id=?",
+                    [(LOST_REASON, i[0]) for i in ids],
+                )
+                conn.executemany(
+                    "UPDATE messages SET media=json_set(media, '$.status', 'pending',"
+                    " '$.reason', ?, '$.url', NULL) WHERE tenant=? AND chat=? AND sender=?"
+                    " AND wa_id=?",
+                    [(LOST_REASON, tenant, *i[1:]) for i in ids],
+                )
+                n += len(ids)
+            return n
 
-        total = 0
-        while (n := await self.store.run_tx(apply)) > 0:
-            total += n
-            if n < limit:
-                break
-        return total
+        return await self.store.run_tx(apply)
 
-    async def referenced(self, tenant: str) -> set[str]:
-        """Hashes a tenant's stored rows still point at."""
+    # ---- the quota alert, sent once per tenant and quota (oxyd/media/quota.py) ----
+
+    async def quota_alerts(self) -> dict[str, tuple[int, int]]:
+        """tenant -> (quota_bytes, used_bytes) when its alert was sent."""
         async with self.store.ro.execute(
-            "SELECT DISTINCT sha256 FROM media WHERE tenant=? AND status='stored'", (tenant,)
+            "SELECT tenant, quota_bytes, used_bytes FROM media_quota_alerts"
         ) as cur:
-            return {r[0] for r in await cur.fetchall() if r[0]}
+            return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+    async def record_quota_alert(
+        self, tenant: str, quota_bytes: int, used_bytes: int, now_ms: int, rows: list[tuple]
+    ) -> None:
+        """The alert's webhook rows and the fact that it was sent, in one commit."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO media_quota_alerts"
+                " (tenant, quota_bytes, used_bytes, alerted_at_ms) VALUES (?,?,?,?)",
+                (tenant, quota_bytes, used_bytes, now_ms),
+            )
+            if rows:
+                conn.executemany(OUTBOX_INSERT, rows)
+
+        await self.store.run_tx(apply)
+
+    async def forget_quota_alerts(self, tenants: list[str]) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM media_quota_alerts WHERE tenant=?", [(t,) for t in tenants]
+            )
+
+        await self.store.run_tx(apply)

@@ -282,6 +282,16 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_age ON idempotency_keys(created_at_ms);
     """,
+    # v7: the media quota alert already sent to a tenant, so "once" survives a restart: one
+    # row per tenant while its usage stays at what it was then and the quota is unchanged.
+    """
+    CREATE TABLE media_quota_alerts (
+        tenant        TEXT PRIMARY KEY,
+        quota_bytes   INTEGER NOT NULL,
+        used_bytes    INTEGER NOT NULL,
+        alerted_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
