@@ -16,7 +16,8 @@ from oxyd.config import MediaConfig
 from oxyd.model import HistorySync, Message, Receipt
 from oxyd.store import media as media_rows
 from oxyd.store import outbox, people_events
-from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, message_json
+from oxyd.store.message_queries import MESSAGE_COLS, message_json
+from oxyd.store.outbox import OUTBOX_INSERT
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (tenant, chat, sender, wa_id, from_me, sent_at_ms, kind, text,"

@@ -8,7 +8,8 @@ from typing import Any
 
 from oxyd import model as m
 from oxyd.store.batch import IN_CHUNK
-from oxyd.store.db import Store, decode_cursor, encode_cursor
+from oxyd.store.cursors import decode_cursor, encode_cursor
+from oxyd.store.db import Store
 from oxyd.store.people_events import GROUP_COLS, LID, PHONE, group_from_row, upsert_group
 
 CONTACTS_CURSOR = (str,)  # after this JID

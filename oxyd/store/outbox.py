@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import aiosqlite
 from oxyd.config import WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
-    # Typing only: store.py imports nothing from here, but keep the import graph one-way.
+    # Typing only: the Store imports insert_outbox from here; the graph stays one-way.
     from oxyd.clock import Clock
     from oxyd.store.db import Store
 
@@ -313,3 +314,18 @@ async def counts(ro: aiosqlite.Connection) -> dict[str, int]:
 async def pending_count(ro: aiosqlite.Connection) -> int:
     rows = await ro.execute_fetchall("SELECT count(*) FROM outbox WHERE status='pending'")
     return next(iter(rows))[0]
+
+
+# ---- writing rows (inside the caller's transaction) ----
+
+OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, destination, tenant, type, body, created_at_ms,"
+    " next_attempt_ms) VALUES (?,?,?,?,?,?,?6) ON CONFLICT DO NOTHING"
+)
+
+
+async def insert_outbox(db: aiosqlite.Connection, rows: Iterable[tuple]) -> None:
+    """rows: (event_id, destination, tenant, type, body, created_at_ms)."""
+    rows = list(rows)
+    if rows:
+        await db.executemany(OUTBOX_INSERT, rows)
