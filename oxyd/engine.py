@@ -59,9 +59,22 @@ class SendRejected(EngineError):
         self.code = code
 
 
+class SendUnknown(EngineError):
+    """The message may have reached WhatsApp, but no answer says so (the server's ack never
+    came, the connection dropped after the message left, the engine host died during the
+    call). An engine that reuses message ids resends safely; one that cannot would send a
+    second message, so the sender fails it with `outcome_unknown` (design §12)."""
+
+
 @runtime_checkable
 class Client(Protocol):
     """One tenant's WhatsApp session. One object per tenant for its whole life."""
+
+    # Whether send() sends with Outgoing.id, so that a resend of the same id is one message
+    # for the recipient (the simulator: True). neonize 0.5.2 cannot (its SendMessage export
+    # lets whatsmeow choose the id): every attempt there is a new message, so the sender
+    # never abandons a call in flight and never resends one whose outcome is unknown.
+    reuses_message_ids: bool
 
     async def is_paired(self) -> bool:
         """Whether the device store holds a paired device (read from the store, no session)."""
@@ -77,9 +90,10 @@ class Client(Protocol):
         ...
 
     async def send(self, out: Outgoing) -> SendResult:
-        """Send one queued message with the id chosen at queue time (a resend after a crash
-        reuses it). Raises NotConnected or EngineError (transient: retried) or SendRejected
-        (terminal: the message fails)."""
+        """Send one queued message with the id chosen at queue time when the engine can
+        (`reuses_message_ids`). Raises NotConnected or EngineError when nothing was sent
+        (transient: retried), SendRejected (terminal: the message fails), SendUnknown when
+        the message may have left (see there)."""
         ...
 
     async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:

@@ -5,7 +5,8 @@ queued messages sends them in order, paced by the tenant's token bucket (pacing,
 refusal), and only while the tenant is connected. Errors split as everywhere in oxyd:
 NotConnected waits for the connection; other engine errors are transient (backoff, at most
 `send.max_attempts`); SendRejected is terminal (the message fails with its code). The id
-chosen at queue time is reused on every attempt, so a resend after a crash is one message.
+chosen at queue time is reused on every attempt where the engine can, so a resend after a
+crash is one message; where it cannot (neonize), see oxyd/send_attempt.py.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from oxyd import backoff
-from oxyd.engine import NotConnected, SendRejected
+from oxyd import send_attempt
+from oxyd.engine import NotConnected
 from oxyd.model import PARKED, State
-from oxyd.outgoing import Outgoing, SendResult, as_message, new_wa_id, summary_text
+from oxyd.outgoing import Outgoing, SendResult, new_wa_id, summary_text
 from oxyd.store import outbox, sendqueue
 from oxyd.store.sendqueue import CANCELLED, FAILED, QUEUED, SENT, Row
 
@@ -76,6 +77,11 @@ class Sender:
 
     async def stop(self) -> None:
         self.running = False
+        # Sends in flight get the grace period to end with their real outcome (no drain
+        # starts another one now); one cut short keeps its in-flight mark for the next start.
+        sending = [t for tid, t in self._tasks.items() if tid in self.in_flight]
+        if sending:
+            await asyncio.wait(sending, timeout=self.sup.cfg.supervisor.stop_grace_s)
         tasks = [t for t in (*self._tasks.values(), self._sweeper) if t is not None]
         for t in tasks:
             t.cancel()
@@ -185,8 +191,13 @@ class Sender:
             if self.in_flight.get(tid) == row.id:
                 raise SendError("send_in_progress", "the message is being sent; retry shortly")
             self._cancelled.add((tid, row.id))
-            if await self._finish(tid, row, CANCELLED, only_if_queued=True):
-                return 200, {**row.json(), "status": CANCELLED}
+            # An attempt left in flight by an ended process may have been sent: say so.
+            unknown = row.started_at_ms is not None
+            why = f"{send_attempt.UNKNOWN}: cancelled after an attempt whose outcome is unknown"
+            if await self._finish(
+                tid, row, CANCELLED, only_if_queued=True, error=why if unknown else None
+            ):
+                return 200, {**row.json(), "status": CANCELLED, "error": why if unknown else None}
             row = await sendqueue.get(self.sup.store, tid, msg_id) or row
         if row.status == SENT and row.kind not in ("revoke", "reaction"):
             ref = {"id": row.wa_id or row.id, "sender": self._own(tid), "from_me": True}
@@ -252,7 +263,7 @@ class Sender:
     async def _drain(self, tid: str) -> None:
         ev = self._wake.setdefault(tid, asyncio.Event())
         try:
-            while True:
+            while self.running:
                 r = self.sup.runners.get(tid)
                 if r is None:
                     return
@@ -278,47 +289,7 @@ class Sender:
                 del self._tasks[tid]
 
     async def _send_one(self, r: Runner, row: Row, data: bytes | None) -> bool:
-        """Send one queued message; False when the drain must re-check the connection."""
-        tid, clock = r.t.id, self.sup.clock
-        if (tid, row.id) in self._cancelled:
-            self._cancelled.discard((tid, row.id))
-            return True
-        while (wait_s := r.bucket.take()) > 0:
-            # Pacing with jitter: never a burst above send.burst, never an exact rhythm.
-            await clock.sleep(wait_s * (1.0 + 0.2 * self.sup.rng.random()))
-        if r.t.state is not State.CONNECTED or (tid, row.id) in self._cancelled:
-            return False
-        self.in_flight[tid] = row.id
-        try:
-            res = await self.sup.bounded(
-                r.client.send(Outgoing(row.id, row.chat, row.kind, row.body, data)),
-                self.cfg.timeout_s,
-            )
-        except NotConnected as e:
-            r.log.info("send {} waits: {}", row.id, e or "not connected")
-            await clock.sleep(1.0)  # the engine knows before the state does
-            return False
-        except SendRejected as e:
-            await self._finish(tid, row, FAILED, error=str(e))
-            return True
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # transient (or a bug in an engine): back off, retry
-            reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-            n = await sendqueue.count_attempt(self.tx, tid, row.id, reason)
-            if n >= self.cfg.max_attempts:
-                await self._finish(tid, row, FAILED, error=f"send_failed: {reason}")
-                return True
-            delay_s = backoff.delay_s(n - 1, 1.0, 60.0, self.sup.rng)
-            r.log.warning("send {} failed ({}); retry {} in {:.1f}s", row.id, reason, n, delay_s)
-            await clock.sleep(delay_s)
-            return False
-        finally:
-            self.in_flight.pop(tid, None)
-        await self._finish(tid, row, SENT, result=res)
-        out = Outgoing(row.id, row.chat, row.kind, row.body, data)
-        await self.sup.writer.put(tid, as_message(out, res, self._own(tid)), sent=True)
-        return True
+        return await send_attempt.send_one(self, r, row, data)
 
     async def _finish(
         self,

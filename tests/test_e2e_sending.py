@@ -108,6 +108,31 @@ def test_twenty_queued_survive_sigkill_and_are_sent_exactly_once(make):
     assert all(d.status(i)["status"] in ("sent", "delivered", "read") for i in ids)
 
 
+def test_sigkill_during_a_send_on_an_engine_that_cannot_reuse_ids_is_never_a_duplicate(make):
+    """send_mode new_ids: the simulated library chooses the id, as neonize 0.5.2 does, so a
+    resend would be a second message. The server accepts a message, its answer is lost, the
+    daemon is SIGKILLed during the call: the next start fails it as outcome_unknown instead
+    of sending it again; a message queued after it is sent as usual."""
+    d = make(OXYD_SEND_RATE_PER_MIN="600", OXYD_SEND_BURST="5").start()
+    d.add_connected()
+    assert d.sim("send_mode", new_ids=True, lose_answers=True)["new_ids"] is True
+    code, first = d.req("POST", MSGS, {"to": "15551230009", "text": "once"})
+    assert code == 202
+    sync_until(lambda: len(d.sent()) == 1, 60, "the server accepted it")
+    d.stop(signal.SIGKILL)  # the engine call is still waiting for its answer
+    d.start()
+    sync_until(lambda: d.states().get("sim") == "connected", 60, "sim connected again")
+    code, second = d.req("POST", MSGS, {"to": "15551230009", "text": "after"})
+    assert code == 202
+    sync_until(lambda: d.status(second["id"])["status"] != "queued", 60, "the next one sent")
+    got = d.status(first["id"])
+    assert got["status"] == "failed" and got["error"].startswith("outcome_unknown"), got
+    log = d.sent()
+    assert [e["queued_id"] for e in log] == [first["id"], second["id"]]  # never twice
+    assert all(e["id"] != e["queued_id"] for e in log)  # the library chose the ids
+    assert d.status(second["id"])["status"] in ("sent", "delivered", "read")
+
+
 def test_every_kind_reaches_the_server_with_its_kind(make):
     d = make(OXYD_SEND_RATE_PER_MIN="6000", OXYD_SEND_BURST="50").start()
     d.add_connected()

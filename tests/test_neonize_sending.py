@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from oxyd.engine import EngineError, SendRejected
+from oxyd.engine import EngineError, SendRejected, SendUnknown
 from oxyd.neonize import sending
 from oxyd.neonize.engine import NeonizeEngine, import_neonize
 from oxyd.outgoing import Outgoing, new_wa_id
@@ -206,3 +206,75 @@ async def test_upload_lets_go_of_the_gate_while_the_bytes_travel(client, monkeyp
         release.set()
         client._task.cancel()
         client._task = None
+
+
+class FakeNative:
+    """The Go side of a logged-in neonize client: send_message answers as scripted (the
+    message itself is built by oxyd with neonize's real protobufs)."""
+
+    def __init__(self, error: str | None = None) -> None:
+        self.error = error
+        self.sent: list[tuple[object, object]] = []
+
+    @property
+    def is_logged_in(self):
+        async def yes() -> bool:
+            return True
+
+        return yes()
+
+    async def send_message(self, to, message):
+        from neonize.exc import SendMessageError
+
+        self.sent.append((to, message))
+        if self.error is not None:
+            raise SendMessageError(self.error)
+        return npb.SendResponse(ID="3EB0WHATSMEOWCHOSE", Timestamp=1_700_000_000)
+
+
+@pytest.fixture
+async def session(client):
+    """The client as if its session ran: `running` holds while the fixture lives."""
+    client._task = asyncio.get_running_loop().create_future()
+    yield client
+    client._task.cancel()
+
+
+async def test_send_takes_whatsapps_id_and_cannot_reuse_ours(session):
+    from oxyd.neonize.pool import HostedClient
+
+    assert session.reuses_message_ids is False and HostedClient.reuses_message_ids is False
+    session._nc = FakeNative()
+    queued = out("text", text="hi")
+    res = await session.send(queued)
+    assert (res.wa_id, res.sent_at_ms) == ("3EB0WHATSMEOWCHOSE", 1_700_000_000_000)
+    assert res.wa_id != queued.id and len(session._nc.sent) == 1
+    to, msg = session._nc.sent[0]
+    assert (to.User, to.Server, msg.conversation) == ("4915111111111", "s.whatsapp.net", "hi")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "timed out waiting for message send response",
+        "failed to send message node: websocket: close sent",
+        "websocket disconnected before message send returned response",
+    ],
+)
+async def test_send_errors_after_the_message_left_are_unknown(session, error):
+    session._nc = FakeNative(error)
+    with pytest.raises(SendUnknown):
+        await session.send(out("text", text="hi"))
+
+
+async def test_send_errors_before_the_message_left_are_transient(session):
+    session._nc = FakeNative("failed to get device list: info query timed out")
+    with pytest.raises(EngineError) as e:
+        await session.send(out("text", text="hi"))
+    assert not isinstance(e.value, SendUnknown | SendRejected)
+
+
+def test_a_dead_engine_host_is_an_unknown_outcome():
+    from oxyd.neonize.link import HostDied
+
+    assert issubclass(HostDied, SendUnknown)

@@ -117,6 +117,9 @@ class SendConfig:
     queue_max_age_s: float = 86400.0
     max_attempts: int = 10
     timeout_s: float = 60.0
+    # An engine that cannot reuse message ids (neonize): resend a message whose outcome is
+    # unknown (at least once) instead of failing it as outcome_unknown (never twice).
+    resend_unknown: bool = False
 
     def validate(self, p: str) -> None:
         _check(self.rate_per_min > 0, f"{p}.rate_per_min", "must be positive")

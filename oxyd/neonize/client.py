@@ -80,6 +80,8 @@ def recipient_jid(to: str) -> tuple[str, str]:
 class NeonizeClient(PeopleMixin):
     """One tenant's session; the engine keeps exactly one per tenant for the process' life."""
 
+    reuses_message_ids = False  # SendMessage lets whatsmeow choose the id (see send())
+
     def __init__(self, engine: NeonizeEngine, tenant_id: str, sink: Sink) -> None:
         self.engine = engine
         self.tenant_id = tenant_id
@@ -433,9 +435,10 @@ class NeonizeClient(PeopleMixin):
         return self._own_jid
 
     async def send(self, out: Outgoing) -> SendResult:
-        """neonize 0.5.2's SendMessage export cannot take our id (whatsmeow generates one),
-        so a resend after a crash between Go's answer and our commit is a second message;
-        the result carries WhatsApp's id."""
+        """neonize 0.5.2's SendMessage export cannot take our id (whatsmeow generates one;
+        `reuses_message_ids` is False): every call is a new message, so the sender never
+        times one out nor resends one that may have left (SendUnknown, see
+        oxyd/send_attempt.py). The result carries WhatsApp's id."""
         from oxyd.neonize import sending
 
         to = sending.jid(out.chat)

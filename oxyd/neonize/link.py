@@ -18,7 +18,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from oxyd.engine import EngineError
+from oxyd.engine import EngineError, SendUnknown
 from oxyd.neonize import wire
 
 if TYPE_CHECKING:
@@ -55,8 +55,9 @@ def _last_words(tail: list[str], killed: bool) -> str:
     return "" if killed or not tail else tail[-1].strip()
 
 
-class HostDied(EngineError):
-    """The engine host running this tenant ended; the call's outcome is unknown."""
+class HostDied(SendUnknown):
+    """The engine host running this tenant ended; the call's outcome is unknown (for a send:
+    the message may have left, see oxyd/send_attempt.py)."""
 
 
 class Host:

@@ -48,6 +48,8 @@ _LIFECYCLE = {*_OPENS, *_ENDS, "configure"}
 class HostedClient:
     """A tenant's client in an engine host: every public NeonizeClient method, forwarded."""
 
+    reuses_message_ids = NeonizeClient.reuses_message_ids  # data, not forwarded by __getattr__
+
     def __init__(self, pool: HostPool, tenant_id: str, sink: Sink) -> None:
         self.pool = pool
         self.tenant_id = tenant_id

@@ -21,7 +21,7 @@ import base64
 import io
 from typing import TYPE_CHECKING, Any
 
-from oxyd.engine import EngineError, NotConnected, SendRejected
+from oxyd.engine import EngineError, NotConnected, SendRejected, SendUnknown
 from oxyd.outgoing import Outgoing
 
 if TYPE_CHECKING:
@@ -245,11 +245,24 @@ _TERMINAL_MARKS = (
 )
 
 
+# whatsmeow errors of SendMessage after the message node was written to the websocket: the
+# server may have accepted it (ErrMessageTimedOut, DisconnectedError{"message send"}, a write
+# that failed part way). Every other SendMessage error returns before anything is written.
+_UNKNOWN_MARKS = (
+    "timed out waiting for message send response",
+    "disconnected before message send returned response",
+    "failed to send message node",
+)
+
+
 def classify(e: Exception) -> EngineError:
-    """A neonize send error as transient (EngineError) or terminal (SendRejected)."""
+    """A neonize send error as terminal (SendRejected), outcome unknown (SendUnknown: the
+    message may have left) or transient (EngineError: nothing was sent)."""
     text = str(e) or type(e).__name__
     low = text.lower()
     for mark, code in _TERMINAL_MARKS:
         if mark in low:
             return SendRejected(code, f"send refused: {text}")
+    if any(mark in low for mark in _UNKNOWN_MARKS):
+        return SendUnknown(f"no answer from WhatsApp after the message left: {text}")
     return EngineError(f"send failed: {text}")

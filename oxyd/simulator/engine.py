@@ -90,6 +90,14 @@ class SimulatorClient(PeopleMixin):
         self.reconnect_pending = False
         self.read_marks: list[dict[str, Any]] = []
         self.presences: list[dict[str, Any]] = []
+        # send_mode lose_answers (simulator/sending.py): sends wait on it while set.
+        self.answers_lost: asyncio.Future[None] | None = None
+
+    @property
+    def reuses_message_ids(self) -> bool:
+        """True (as WhatsApp's own clients) unless send_mode new_ids made this client behave
+        like neonize 0.5.2, which cannot choose the id (kept in the device store)."""
+        return not (self._device or {}).get("new_ids")
 
     # ---- device store ----
 
@@ -210,6 +218,9 @@ class SimulatorClient(PeopleMixin):
     async def stop(self) -> None:
         self._session += 1
         self.connected = self.stalled = self.muted = self.reconnect_pending = False
+        if self.answers_lost is not None:  # sends waiting for a lost answer end (unknown)
+            lost, self.answers_lost = self.answers_lost, None
+            lost.set_result(None)
         for t in list(self._tasks):
             t.cancel()
         self._tasks.clear()

@@ -8,6 +8,12 @@
 - `offline` / `online`: the network drops for this tenant (its session reports Disconnected
   and the library cannot reconnect; sends queue up in oxyd) and comes back.
 - Recipients whose number starts with 999 are "not on WhatsApp" (a terminal failure).
+- `send_mode` makes the library behave like neonize 0.5.2 for the exactly-once tests:
+  `new_ids` (kept in the simulated device store, so it holds across restarts): the client
+  cannot choose the message id, every attempt is a new message with the server's id (no
+  dedup; the log entry keeps the queued id as `queued_id`); `lose_answers`: the server
+  accepts a message, but its answer never comes (the send waits until the mode is turned
+  off, or ends with SendUnknown when the session stops).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oxyd import model as m
-from oxyd.engine import NotConnected, SendRejected
+from oxyd.engine import NotConnected, SendRejected, SendUnknown
 from oxyd.outgoing import REF_KINDS, Outgoing, SendResult
+from oxyd.simulator.actions import field
 
 if TYPE_CHECKING:
     from oxyd.simulator.engine import SimulatorClient
@@ -88,12 +95,18 @@ async def send(c: SimulatorClient, out: Outgoing) -> SendResult:
     if server == "s.whatsapp.net" and user.startswith("999"):
         raise SendRejected("not_on_whatsapp", f"{user} is not on WhatsApp")
     await c.sent_log.load()
-    seen = c.sent_log.by_id.get(out.id)
-    if seen is not None:
-        # A resend with the same id (after a crash or a lost answer): one message.
-        return SendResult(out.id, seen["at_ms"])
+    wa_id = out.id
+    if not c.reuses_message_ids:
+        wa_id = c.engine.wa_id()  # the library chose it: a resend is another message
+    else:
+        seen = c.sent_log.by_id.get(out.id)
+        if seen is not None:
+            # A resend with the same id (after a crash or a lost answer): one message.
+            return SendResult(out.id, seen["at_ms"])
     now = c.engine.clock.now_ms()
-    entry: dict[str, Any] = {"id": out.id, "chat": out.chat, "kind": out.kind, "at_ms": now}
+    entry: dict[str, Any] = {"id": wa_id, "chat": out.chat, "kind": out.kind, "at_ms": now}
+    if wa_id != out.id:
+        entry["queued_id"] = out.id
     for key in ("text", "caption", "emoji", "question", "mime", "filename", "duration_s"):
         if out.body.get(key) is not None:
             entry[key] = out.body[key]
@@ -105,12 +118,18 @@ async def send(c: SimulatorClient, out: Outgoing) -> SendResult:
     if out.data is not None:
         entry["size"] = len(out.data)
     await c.sent_log.append(entry)
-    c.sent_chats[out.id] = out.chat
+    c.sent_chats[wa_id] = out.chat
     if out.kind not in REF_KINDS:
         last = "played" if out.kind == "voice" else "read"
         for delay_s, rtype in ((DELIVERED_AFTER_S, "delivered"), (READ_AFTER_S, last)):
-            c._later(delay_s, _receipt(c, out.chat, out.id, rtype))
-    return SendResult(out.id, now)
+            c._later(delay_s, _receipt(c, out.chat, wa_id, rtype))
+    if c.answers_lost is not None:
+        # Accepted, and the answer is lost: wait for the mode to end or the session to stop.
+        session = c._session
+        await asyncio.shield(c.answers_lost)
+        if c._session != session:
+            raise SendUnknown("connection closed before the server answered the message send")
+    return SendResult(wa_id, now)
 
 
 def _receipt(c: SimulatorClient, chat: str, wa_id: str, rtype: str):
@@ -159,7 +178,21 @@ async def _a_sent_log(c: SimulatorClient, a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _a_send_mode(c: SimulatorClient, a: dict[str, Any]) -> dict[str, Any]:
+    new_ids = field(a, "new_ids", bool)
+    lose = field(a, "lose_answers", bool)
+    if new_ids is not None:
+        await c._save(new_ids=new_ids)
+    if lose is True and c.answers_lost is None:
+        c.answers_lost = asyncio.get_running_loop().create_future()
+    elif lose is False and c.answers_lost is not None:
+        lost, c.answers_lost = c.answers_lost, None
+        lost.set_result(None)  # the answers arrive now
+    return {"new_ids": not c.reuses_message_ids, "lose_answers": c.answers_lost is not None}
+
+
 ACTIONS = {
+    "send_mode": ({"new_ids", "lose_answers"}, _a_send_mode),
     "offline": (set(), _a_offline),
     "online": (set(), _a_online),
     "sent_log": (set(), _a_sent_log),

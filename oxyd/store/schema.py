@@ -292,6 +292,13 @@ MIGRATIONS: list[str] = [
         alerted_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # v8: an attempt in flight on an engine that cannot reuse message ids (neonize): written
+    # before the engine call, cleared by its outcome. Still set when the drain reaches the
+    # row again, the process (or its engine host) ended during the call: the message may
+    # have left (design §12, oxyd/send_attempt.py).
+    """
+    ALTER TABLE outgoing ADD COLUMN started_at_ms INTEGER;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -20,7 +20,7 @@ from oxyd.store.db import OUTBOX_INSERT, Store
 QUEUED, SENT, FAILED, CANCELLED, REVOKED = "queued", "sent", "failed", "cancelled", "revoked"
 _COLS = (
     "seq, id, wa_id, chat, kind, body, status, error, attempts, queued_at_ms, sent_at_ms,"
-    " done_at_ms"
+    " done_at_ms, started_at_ms"
 )
 
 
@@ -109,6 +109,8 @@ class Row:
     queued_at_ms: int
     sent_at_ms: int | None
     done_at_ms: int | None
+    # Set while an attempt is in flight on an engine that cannot reuse ids (see mark_started).
+    started_at_ms: int | None = None
 
     def json(self) -> dict[str, Any]:
         out = {
@@ -130,7 +132,7 @@ class Row:
 
 
 def _row(r: tuple) -> Row:
-    return Row(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), *r[6:12])
+    return Row(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), *r[6:13])
 
 
 def queued_answer(out: Outgoing, now_ms: int) -> dict[str, Any]:
@@ -208,7 +210,7 @@ async def next_queued(store: Store, tenant: str, limit: int) -> list[tuple[Row, 
         " ORDER BY seq LIMIT ?",
         (tenant, limit),
     ) as cur:
-        return [(_row(r), r[12]) for r in await cur.fetchall()]
+        return [(_row(r), r[13]) for r in await cur.fetchall()]
 
 
 async def get(store: Store, tenant: str, msg_id: str) -> Row | None:
@@ -256,7 +258,8 @@ async def finish(
     def tx(conn: sqlite3.Connection) -> bool:
         sql = (
             "UPDATE outgoing SET status=?, wa_id=coalesce(?, wa_id), sent_at_ms=coalesce(?,"
-            " sent_at_ms), error=?, data=NULL, done_at_ms=? WHERE tenant=? AND id=?"
+            " sent_at_ms), error=?, data=NULL, done_at_ms=?, started_at_ms=NULL"
+            " WHERE tenant=? AND id=?"
         )
         if only_if_queued:
             sql += " AND status='queued'"
@@ -273,10 +276,40 @@ async def finish(
     return await group.run(tx)
 
 
+async def mark_started(group: GroupTx, tenant: str, msg_id: str, now_ms: int) -> bool:
+    """Record, durably, that an attempt is handed to an engine that cannot reuse ids; False
+    when the message is no longer queued (cancelled meanwhile)."""
+
+    def tx(conn: sqlite3.Connection) -> bool:
+        return (
+            conn.execute(
+                "UPDATE outgoing SET started_at_ms=? WHERE tenant=? AND id=? AND status='queued'",
+                (now_ms, tenant, msg_id),
+            ).rowcount
+            > 0
+        )
+
+    return await group.run(tx)
+
+
+async def clear_started(group: GroupTx, tenant: str, msg_id: str) -> None:
+    """The attempt ended without sending anything (the engine said so): no longer in flight."""
+
+    def tx(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE outgoing SET started_at_ms=NULL WHERE tenant=? AND id=?", (tenant, msg_id)
+        )
+
+    await group.run(tx)
+
+
 async def count_attempt(group: GroupTx, tenant: str, msg_id: str, error: str) -> int:
+    """One more failed attempt (nothing in flight any more); returns the count."""
+
     def tx(conn: sqlite3.Connection) -> int:
         conn.execute(
-            "UPDATE outgoing SET attempts=attempts+1, error=? WHERE tenant=? AND id=?",
+            "UPDATE outgoing SET attempts=attempts+1, error=?, started_at_ms=NULL"
+            " WHERE tenant=? AND id=?",
             (error, tenant, msg_id),
         )
         row = conn.execute(
