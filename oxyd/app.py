@@ -129,6 +129,7 @@ async def build(
 
 
 def _media_downloads(cfg, store, subs, clock, sup, writer, disp):
+    from oxyd.media import kept
     from oxyd.media.downloader import Downloads
     from oxyd.model import State
     from oxyd.store.media import MediaTable
@@ -139,6 +140,8 @@ def _media_downloads(cfg, store, subs, clock, sup, writer, disp):
 
     downloads = Downloads(cfg.media, cfg.data_dir, MediaTable(store, subs), clock, client_of)
     downloads.kick = disp.kick
+    # A copy of the media oxyd sends itself, kept like incoming media.
+    sup.sending.keep_media = lambda tid, msg, data: kept.keep_sent(downloads, tid, msg, data)
     writer.media_cfg = cfg.media
     writer.on_media = downloads.wake
     return downloads

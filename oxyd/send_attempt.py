@@ -90,7 +90,10 @@ async def send_one(s: Sender, r: Runner, row: Row, data: bytes | None) -> bool:
     finally:
         s.in_flight.pop(tid, None)
     await s._finish(tid, row, SENT, result=res)
-    await s.sup.writer.put(tid, as_message(out, res, s._own(tid)), sent=True)
+    msg = as_message(out, res, s._own(tid))
+    if data and s.keep_media is not None:  # a copy of the media sent (oxyd/media/kept.py)
+        msg = await s.keep_media(tid, msg, data)
+    await s.sup.writer.put(tid, msg, sent=True)
     return True
 
 

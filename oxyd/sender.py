@@ -27,6 +27,9 @@ from oxyd.store import outbox, sendqueue
 from oxyd.store.sendqueue import CANCELLED, FAILED, QUEUED, SENT, Row
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from oxyd.model import Message
     from oxyd.runner import Runner
     from oxyd.supervisor import Supervisor
 
@@ -65,6 +68,9 @@ class Sender:
         self.sent = 0
         self.failed = 0
         self.tx = sendqueue.GroupTx(sup.store)
+        # (tenant, message, media bytes) -> the message to write: keeps a copy of sent media
+        # (oxyd/media/kept.py, set by the app); never raises.
+        self.keep_media: Callable[[str, Message, bytes | None], Awaitable[Message]] | None = None
 
     # ---- lifecycle ----
 

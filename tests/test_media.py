@@ -357,3 +357,81 @@ async def test_webhook_received_carries_pending_media_and_media_event_fires(h):
     assert received["status"] == "pending" and received["url"] is None
     assert received["type"] == "voice" and received["duration_s"] == 4
     assert media["status"] == "stored" and media["url"].endswith(media["sha256"])
+
+
+async def test_sent_media_is_kept_and_served_like_incoming(tmp_path, monkeypatch):
+    """Media oxyd sends itself: the bytes sent are stored content-addressed, the message says
+    stored with its url (in the API and in message.sent), GET serves them, an incoming copy
+    of the same file reuses them; a type the policy leaves out is skipped with the reason."""
+    import json
+
+    h = await Harness.start(
+        tmp_path, monkeypatch, OXYD_SEND_RATE_PER_MIN="6000", OXYD_MEDIA_TYPES="image"
+    )
+    try:
+        await h.add("acme")
+        r = await h.req(
+            "PUT", "/v1/tenants/acme/webhook", json={"url": "http://127.0.0.1:9/h", "secret": "s"}
+        )
+        assert r.status in (200, 204)
+        photo = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
+        b64 = base64.b64encode(photo).decode()
+
+        async def send(media: dict) -> dict:
+            body = {"to": "15557654321", "media": media}
+            r = await h.req("POST", "/v1/tenants/acme/messages?wait=10", json=body)
+            assert r.status in (200, 202), await r.text()
+            msg_id = (await r.json())["id"]
+
+            async def sent():
+                r = await h.req("GET", f"/v1/tenants/acme/messages/{msg_id}")
+                m = await r.json()
+                return m if m["status"] != "queued" and m.get("media") else None
+
+            return await until(sent, 20, "sent and written")
+
+        m = await send({"type": "image", "data_b64": b64, "caption": "the tap"})
+        sha = hashlib.sha256(photo).hexdigest()
+        assert m["media"]["status"] == "stored" and m["media"]["sha256"] == sha
+        assert m["media"]["url"] == f"/v1/tenants/acme/media/{sha}"
+        r = await h.req("GET", m["media"]["url"])
+        assert r.status == 200 and await r.read() == photo
+        path = files.path_of(h.app.cfg.data_dir, "acme", sha)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert h.app.extras["media"].bytes_by_tenant["acme"] == len(photo)
+
+        doc = await send({"type": "document", "data_b64": b64, "filename": "a.pdf"})
+        assert doc["media"]["status"] == "skipped" and "media.types" in doc["media"]["reason"]
+
+        async with h.app.store.ro.execute(
+            "SELECT body FROM outbox WHERE type='message.sent' ORDER BY id"
+        ) as cur:
+            events = [json.loads(b)["data"]["media"] for (b,) in await cur.fetchall()]
+        assert [e["status"] for e in events] == ["stored", "skipped"]
+
+        # the same file arriving later is stored once (found on disk, no second copy)
+        wa_id = await send_media(h, "acme", {"type": "image", "data_b64": b64})
+        assert (await settled(h, "acme", wa_id))["media"]["url"] == m["media"]["url"]
+        assert h.app.extras["media"].bytes_by_tenant["acme"] == len(photo)
+
+        # retention keeps a kept file whose row may not be committed yet, and the stored one
+        downloads = h.app.extras["media"]
+        out = await media_retention.sweep(
+            h.app.cfg.media, h.app.cfg.data_dir, downloads.table, downloads, h.app.clock
+        )
+        assert out["files_deleted"] == 0 and path.exists()
+
+        # lost: the copy kept was the only one; the sent message says so (the incoming one
+        # has a CDN reference and comes back)
+        path.unlink()
+        assert (await h.req("GET", m["media"]["url"])).status == 404
+
+        async def failed():
+            r = await h.req("GET", f"/v1/tenants/acme/messages/{m['id']}")
+            media = (await r.json())["media"]
+            return media if media["status"] == "failed" else None
+
+        media = await until(failed, 20, "the sent copy failed")
+        assert "copy kept of this sent file is missing" in media["reason"]
+    finally:
+        await h.close()

@@ -51,6 +51,7 @@ class Downloads:
         # (tenant, sha256) whose file is being put in place or reused and whose row does not
         # say stored yet: retention leaves these alone (see oxyd/media/retention.py).
         self.committing: Counter[tuple[str, str]] = Counter()
+        self.fresh: dict[tuple[str, str], float] = {}  # sent files kept (oxyd/media/kept.py)
         self._queue = FairQueue()
         self._in_flight = 0
         self._slots: set[int] = set()  # jobs holding a transfer slot

@@ -66,6 +66,29 @@ def commit(
     return "new"
 
 
+def keep(
+    data_dir: Path,
+    tenant_id: str,
+    data: bytes,
+    sha256: str,
+    room_bytes: int | None = None,
+    fsync: bool = True,
+) -> str:
+    """Store bytes in hand (media oxyd sent) like a download: written to a partial file,
+    then `commit` (same outcomes)."""
+    final = path_of(data_dir, tenant_id, sha256)
+    if final.exists():
+        return "exists"
+    partial = new_partial(data_dir, tenant_id)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return commit(partial, final, len(data), room_bytes, fsync)
+    finally:
+        partial.unlink(missing_ok=True)  # gone already unless it was not committed
+
+
 def exists(data_dir: Path, tenant_id: str, sha256: str) -> bool:
     return path_of(data_dir, tenant_id, sha256).is_file()
 

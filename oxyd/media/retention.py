@@ -4,7 +4,8 @@ Runs with the other retention jobs. In order: media rows whose message is gone (
 retention, purges) are dropped; with `media.retention_days`, stored files of messages older
 than that are let go (the message stays, its media shows `skipped` with the reason); then every
 file on disk that no stored row of its tenant refers to is deleted. A download finishing
-meanwhile is never mistaken for an orphan (the downloader marks files it is committing).
+meanwhile is never mistaken for an orphan (the downloader marks files it is committing), nor
+is a sent file just kept whose message the writer has not committed yet (oxyd/media/kept.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from loguru import logger
 from oxyd import datadir
 from oxyd.clock import Clock
 from oxyd.config import MediaConfig
-from oxyd.media import files
+from oxyd.media import files, kept
 from oxyd.media.downloader import Downloads
 from oxyd.store import media_retention
 from oxyd.store.media import MediaTable
@@ -46,7 +47,7 @@ async def sweep(
         # In this order: listed, then the files being committed right now, then the rows.
         # A file moved in before the listing either has its stored row by the query, or was
         # still being committed when `busy` was taken; one moved in later is not listed.
-        busy = {sha for (t, sha) in downloads.committing if t == tenant}
+        busy = kept.busy(downloads, tenant)
         keep = await media_retention.referenced(table.store, tenant)
         gone = [sha for sha in on_disk if sha not in keep and sha not in busy]
         for sha in gone:
