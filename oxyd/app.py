@@ -22,7 +22,7 @@ from oxyd.simulator.engine import SimulatorEngine
 from oxyd.store import outbox
 from oxyd.store.db import Store
 from oxyd.store.writer import Writer
-from oxyd.supervisor import Supervisor
+from oxyd.supervision.supervisor import Supervisor
 from oxyd.webhooks import Dispatcher
 
 

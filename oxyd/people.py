@@ -19,7 +19,8 @@ from oxyd.engine import NotConnected, NotFound, Refused
 from oxyd.model import State
 from oxyd.store.directory import Directory
 from oxyd.store.people_events import group_json
-from oxyd.supervisor import RateLimited, Supervisor, TenantError
+from oxyd.supervision.errors import RateLimited, TenantError
+from oxyd.supervision.supervisor import Supervisor
 
 CALL_TIMEOUT_S = 30.0
 # WhatsApp's per-participant refusal codes, as words a client can branch on.

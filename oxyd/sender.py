@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from oxyd.model import Message
-    from oxyd.runner import Runner
-    from oxyd.supervisor import Supervisor
+    from oxyd.supervision.runner import Runner
+    from oxyd.supervision.supervisor import Supervisor
 
 BATCH = 50
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000

@@ -5,8 +5,8 @@ import asyncio
 from helpers import until
 from http_helpers import Harness
 
-from oxyd import runner as runner_mod
 from oxyd.simulator.engine import DELIVER_CHUNK
+from oxyd.supervision import runner as runner_mod
 
 
 async def test_a_saturated_writer_pauses_the_engine_and_everything_arrives_after(

@@ -21,8 +21,8 @@ from oxyd.clock import RealClock
 from oxyd.config import load
 from oxyd.http import page
 from oxyd.http.server import make_app
-from oxyd.runner import ACTIONS
 from oxyd.simulator.engine import SimulatorEngine
+from oxyd.supervision.runner import ACTIONS
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from oxyd import model as m
 from oxyd.app import App
 from oxyd.cluster import archive
 from oxyd.model import IDLE, State
-from oxyd.runner import Runner
 from oxyd.store import tenant_rows
+from oxyd.supervision.runner import Runner
 
 WORK_DIR = "cluster"  # <data_dir>/cluster/: archives in flight (never a tenant id: no dash rule)
 

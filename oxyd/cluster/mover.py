@@ -27,8 +27,8 @@ from oxyd.cluster import archive, handover
 from oxyd.cluster.node import Node
 from oxyd.cluster.peers import PeerUnavailable
 from oxyd.cluster.routes import SHA_HEADER
-from oxyd.runner import Runner
 from oxyd.store import moves
+from oxyd.supervision.runner import Runner
 
 # A refused move (not the owner, a copy there already) is retried this much later.
 REFUSED_RETRY_S = 300.0

@@ -16,7 +16,7 @@ from loguru import logger
 
 from oxyd.engine import EngineError
 from oxyd.http.replies import STATUS_CODES, ApiError, error_response
-from oxyd.supervisor import TenantError
+from oxyd.supervision.errors import TenantError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What aiohttp decompresses itself (br and zstd only with optional libraries: not relied on).
