@@ -34,7 +34,7 @@ from oxyd.store import sendqueue
 from oxyd.store.sendqueue import FAILED, SENT, Row
 
 if TYPE_CHECKING:
-    from oxyd.runner import Runner
+    from oxyd.supervision.runner import Runner
     from oxyd.sender import Sender
 
 UNKNOWN = "outcome_unknown"
