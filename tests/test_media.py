@@ -433,5 +433,16 @@ async def test_sent_media_is_kept_and_served_like_incoming(tmp_path, monkeypatch
 
         media = await until(failed, 20, "the sent copy failed")
         assert "copy kept of this sent file is missing" in media["reason"]
+        # the incoming copy (it has a CDN reference) comes back; then a retry by hand of the
+        # sent one finds the file again
+        assert (await settled(h, "acme", wa_id))["media"]["status"] == "stored"
+        r = await h.req("POST", f"/v1/tenants/acme/messages/{m['id']}/media")
+        assert r.status == 202, await r.text()
+
+        async def stored():
+            r = await h.req("GET", f"/v1/tenants/acme/messages/{m['id']}")
+            return (await r.json())["media"]["status"] == "stored"
+
+        await until(stored, 20, "the sent copy stored again")
     finally:
         await h.close()

@@ -386,7 +386,7 @@ class Downloads:
         job = await self.table.by_wa_id(tenant, wa_id)
         if job is None or job.status not in (FAILED, SKIPPED) or self._queue.knows(job.id):
             return False, job
-        if not job.ref:
+        if not job.ref or (job.ref == KEPT_REF and not await self._already_here(job)):
             raise EngineError("this media has no download reference: it cannot be fetched")
         if job.size is not None and job.size > self.cfg.max_bytes:
             raise EngineError(f"{job.size} bytes is over media.max_bytes ({self.cfg.max_bytes})")
