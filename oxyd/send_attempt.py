@@ -34,8 +34,8 @@ from oxyd.store import sendqueue
 from oxyd.store.sendqueue import FAILED, SENT, Row
 
 if TYPE_CHECKING:
-    from oxyd.supervision.runner import Runner
     from oxyd.sender import Sender
+    from oxyd.supervision.runner import Runner
 
 UNKNOWN = "outcome_unknown"
 _NOT_RESENT = (

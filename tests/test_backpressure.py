@@ -6,13 +6,13 @@ from helpers import until
 from http_helpers import Harness
 
 from oxyd.simulator.engine import DELIVER_CHUNK
-from oxyd.supervision import runner as runner_mod
+from oxyd.supervision import inbox as inbox_mod
 
 
 async def test_a_saturated_writer_pauses_the_engine_and_everything_arrives_after(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(runner_mod, "EVENTS_MAX", 3000)
+    monkeypatch.setattr(inbox_mod, "EVENTS_MAX", 3000)
     hx = await Harness.start(
         tmp_path, monkeypatch, OXYD_STORE_QUEUE_MAX="2000", OXYD_STORE_BATCH_MAX="500"
     )
@@ -48,7 +48,7 @@ async def test_a_saturated_writer_pauses_the_engine_and_everything_arrives_after
         await until(lambda: r.t.messages_stored == 20_000, 60, "every message stored")
         watcher.cancel()
         # The buffer stayed near its bound (plus what a chunk or two deliver before the stop).
-        assert peak <= runner_mod.EVENTS_MAX + 2 * DELIVER_CHUNK
+        assert peak <= inbox_mod.EVENTS_MAX + 2 * DELIVER_CHUNK
         assert r.t.state == "connected" and r.t.failures == 0
         assert await hx.app.store.count_messages("a") == 20_000
     finally:

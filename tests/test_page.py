@@ -22,7 +22,7 @@ from oxyd.config import load
 from oxyd.http import page
 from oxyd.http.server import make_app
 from oxyd.simulator.engine import SimulatorEngine
-from oxyd.supervision.runner import ACTIONS
+from oxyd.supervision.outcome import ACTIONS
 
 
 @pytest.fixture

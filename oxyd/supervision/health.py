@@ -12,7 +12,7 @@ from oxyd.clock import Clock
 from oxyd.config import Config
 from oxyd.model import IDLE, PARKED, State
 from oxyd.store.writer import Writer
-from oxyd.supervision.runner import ACTIONS
+from oxyd.supervision.outcome import ACTIONS
 
 if TYPE_CHECKING:
     from oxyd.supervision.runner import Runner

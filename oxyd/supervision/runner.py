@@ -8,87 +8,28 @@ again), needs-a-person (park in a terminal state, persist, alert; never retried)
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
-from collections import Counter, deque
-from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from collections import deque
+from typing import Any
 
 from loguru import logger
 
 from oxyd import backoff, outage
 from oxyd import model as m
-from oxyd.backoff import ConnectGate, Slot
-from oxyd.clock import Clock
-from oxyd.config import Config, SupervisorConfig
-from oxyd.engine import Engine, StoreUnusable
+from oxyd.backoff import Slot
+from oxyd.config import SupervisorConfig
+from oxyd.engine import StoreUnusable
 from oxyd.liveness import Traffic
 from oxyd.model import PARKED, State
-from oxyd.ratelimit import TokenBucket
-from oxyd.store.db import Store
-from oxyd.store.outbox import Subscriptions
-from oxyd.store.writer import Writer
+from oxyd.supervision.host import Host
+from oxyd.supervision.inbox import _DATA, Inbox
+from oxyd.supervision.outcome import ACTIONS, Ended, check_end
 
-T = TypeVar("T")
-
-
-class Host(Protocol):
-    """What a Runner needs from whoever owns it (the Supervisor). Named here, so a runner
-    depends on these members only and never imports the supervisor."""
-
-    cfg: Config
-    clock: Clock
-    engines: dict[str, Engine]
-    store: Store
-    writer: Writer
-    subs: Subscriptions
-    gate: ConnectGate
-    rng: random.Random
-    reconnects: Counter[str]
-    runners: dict[str, Runner]  # every tenant's, to tell an outage from a tenant's own failure
-
-    def send_bucket(self) -> TokenBucket: ...
-    def runner_done(self, task: asyncio.Task) -> None: ...
-    async def bounded(self, aw: Awaitable[T], timeout_s: float) -> T: ...
-    async def persist(self, r: Runner, alert: str | None) -> None: ...
-    async def zombie(self, r: Runner, silent_s: float, why: str = ...) -> None: ...
-    def publish(self, event: dict[str, Any]) -> None: ...
+__all__ = ["Host", "Runner"]
 
 
-_DATA = (m.Message, m.Receipt, m.HistorySync, m.Contact, *m.PEOPLE_DATA)
-# Events a runner buffers while the writer is full before it asks the engine to stop
-# receiving: memory stays bounded however fast WhatsApp (or the simulator) sends.
-EVENTS_MAX = 10_000
-# SQLite's own words for a damaged database file, as the engine reports them when its device
-# store cannot be opened.
-_STORE_CORRUPT = ("file is not a database", "database disk image is malformed")
-# What an operator should do about each state that needs a person.
-ACTIONS = {
-    State.LOGGED_OUT: "the phone unlinked this device: pair it again",
-    State.CONFLICT: "another client uses this session: stop the other client, then start it",
-    State.OUTDATED: "WhatsApp refuses this client version: upgrade oxyd (neonize), then start",
-    State.FAILED: "too many failed attempts in a row: check the last error, then start it",
-    State.BANNED: "temporarily banned by WhatsApp: oxyd retries once after the ban expires",
-}
-_TERMINAL = {
-    m.LoggedOut: State.LOGGED_OUT,
-    m.StreamReplaced: State.CONFLICT,
-    m.ClientOutdated: State.OUTDATED,
-    m.TemporaryBan: State.BANNED,
-}
+class Runner(Inbox):
+    """One tenant's life (its inbox: inbox.py)."""
 
-
-class _Ended(Exception):
-    """The session (or attempt) ended; `state` is set for needs-a-person endings."""
-
-    def __init__(self, reason: str, state: State | None = None, event: Any = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.state = state
-        self.event = event
-
-
-class Runner:
     def __init__(self, sup: Host, tenant: m.Tenant) -> None:
         self.sup = sup
         self.t = tenant
@@ -111,21 +52,6 @@ class Runner:
         self.in_session = False  # connected: pausing the client is allowed (not while pairing)
         self.pauses = 0  # times the engine was asked to stop receiving (back-pressure)
         self._slot: Slot | None = None  # the connect slot while an attempt holds it
-
-    # ---- the engine's sink: on the loop thread, never awaits ----
-
-    def _sink(self, ev: m.Event) -> None:
-        self.events.append(ev)
-        self.last_event_mono = now = self.sup.clock.monotonic()
-        self.traffic.note(now)
-        self.t.last_event_ms = self.sup.clock.now_ms()
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.events) + self.sup.writer.pending_by_tenant.get(self.t.id, 0)
 
     # ---- task control ----
 
@@ -209,12 +135,12 @@ class Runner:
                 try:
                     ev = await self._attempt()
                     await self._session(ev)
-                except _Ended:
+                except Ended:
                     raise
                 except Exception as e:  # a bug in the engine or here: not the tenant's fault
                     self.log.opt(exception=e).error("tenant task failed: {}", e)
-                    raise _Ended(f"internal error: {type(e).__name__}: {e}") from e
-            except _Ended as end:
+                    raise Ended(f"internal error: {type(e).__name__}: {e}") from e
+            except Ended as end:
                 await self._stop_client()
                 if end.state is State.BANNED and after_ban:
                     await self.park(State.FAILED, f"banned again after the ban expired ({end})")
@@ -278,31 +204,17 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except StoreUnusable as e:  # needs a person: retrying cannot repair a store
-            raise _Ended(f"device store unusable: {e}", State.FAILED) from e
+            raise Ended(f"device store unusable: {e}", State.FAILED) from e
         except Exception as e:
-            raise _Ended(f"connect failed: {e}") from e
+            raise Ended(f"connect failed: {e}") from e
         deadline = self.sup.clock.monotonic() + cfg.connect_timeout_s
         while True:
             ev = await self.next_event(deadline)
             if ev is None:
-                raise _Ended(f"connect timed out after {cfg.connect_timeout_s:g}s")
+                raise Ended(f"connect timed out after {cfg.connect_timeout_s:g}s")
             if isinstance(ev, m.Connected):
                 return ev
-            self._check_end(ev)
-
-    def _check_end(self, ev: m.Event) -> None:
-        state = _TERMINAL.get(type(ev))
-        if state is not None:
-            reason = getattr(ev, "reason", None) or state.value.replace("_", " ")
-            raise _Ended(str(reason), state, ev)
-        if isinstance(ev, m.ConnectFailure):
-            raise _Ended(f"connect failure {ev.reason}: {ev.message}".rstrip(": "))
-        if isinstance(ev, m.ClientDead):
-            if ev.error and any(s in ev.error for s in _STORE_CORRUPT):
-                # The engine could not open its own device store: retrying cannot repair a
-                # damaged file, and a person must look (restore a backup, or re-pair).
-                raise _Ended(f"device store corrupt: {ev.error}", State.FAILED)
-            raise _Ended(f"client ended: {ev.error}" if ev.error else "client ended")
+            check_end(ev)
 
     async def _session(self, ev: m.Connected) -> None:
         self.in_session = True
@@ -334,12 +246,12 @@ class Runner:
                     alive = max(self.last_ok_mono, self.last_event_mono)
                     if reconnecting_since is None and now - alive >= cfg.zombie_after_s:
                         await self.sup.zombie(self, now - alive)
-                        raise _Ended(f"zombie: no sign of life for {now - alive:.0f}s")
+                        raise Ended(f"zombie: no sign of life for {now - alive:.0f}s")
                     silent_s = self.traffic.silent_s(now) if reconnecting_since is None else None
                     if silent_s is not None:
                         why = "no event while the heartbeat passes, on a tenant with traffic"
                         await self.sup.zombie(self, silent_s, why)
-                        raise _Ended(f"zombie: {why} for {silent_s:.0f}s")
+                        raise Ended(f"zombie: {why} for {silent_s:.0f}s")
                 if (
                     reconnecting_since is None
                     and self.t.failures
@@ -352,7 +264,7 @@ class Runner:
                     reconnecting_since is not None
                     and now - reconnecting_since >= cfg.reconnect_timeout_s
                 ):
-                    raise _Ended(f"library reconnecting for over {cfg.reconnect_timeout_s:g}s")
+                    raise Ended(f"library reconnecting for over {cfg.reconnect_timeout_s:g}s")
                 continue
             if isinstance(ev, m.Connected):
                 if reconnecting_since is not None:
@@ -369,7 +281,7 @@ class Runner:
             elif isinstance(ev, m.OfflineSyncCompleted):
                 self.log.info("offline sync completed: caught up")
             elif not isinstance(ev, m.KeepAliveRestored):
-                self._check_end(ev)
+                check_end(ev)
 
     async def _connected(self, ev: m.Connected, reconnect: bool) -> None:
         changed = (ev.jid and ev.jid != self.t.jid) or (
@@ -405,7 +317,7 @@ class Runner:
             while True:
                 ev = await self.next_event(deadline)
                 if ev is None:
-                    raise _Ended(f"pairing timed out after {cfg.pair_timeout_s:g}s")
+                    raise Ended(f"pairing timed out after {cfg.pair_timeout_s:g}s")
                 if isinstance(ev, m.PairSuccess):
                     self.t.jid, self.t.push_name = ev.jid, ev.push_name
                     self.t.failures = self.own_failures = 0
@@ -413,8 +325,8 @@ class Runner:
                     self.log.info("paired as {}", ev.jid)
                     return True
                 if isinstance(ev, m.PairFailed):
-                    raise _Ended(f"pairing failed: {ev.reason}")
-        except _Ended as end:
+                    raise Ended(f"pairing failed: {ev.reason}")
+        except Ended as end:
             reason = str(end)
         except asyncio.CancelledError:
             raise
@@ -426,132 +338,6 @@ class Runner:
         back = previous if previous in (State.LOGGED_OUT, State.NEW) else State.NEW
         await self.set(back, reason)
         return False
-
-    # ---- events ----
-
-    async def next_event(self, deadline_mono: float) -> m.Event | None:
-        """The next lifecycle event before the deadline, or None. Data events met on the way
-        go to the writer in order; pairing updates are recorded and published."""
-        clock = self.sup.clock
-        while True:
-            while self.events:
-                ev = self.events[0]
-                if isinstance(ev, _DATA):
-                    await self._ingest()
-                    continue
-                self.events.popleft()
-                if isinstance(ev, m.PairQR | m.PairCode):
-                    await self._pairing_update(ev)
-                else:
-                    return ev
-            remaining = deadline_mono - clock.monotonic()
-            if remaining <= 0:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            sleeper = asyncio.ensure_future(clock.sleep(remaining))
-            try:
-                await asyncio.wait({self._waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                self._waiter = None
-
-    async def _ingest(self) -> None:
-        """Hand the data events at the head of the queue to the writer, in order. They leave
-        the queue only once the writer holds them: a cancel while the writer is full
-        (back-pressure) loses nothing."""
-        events = self.events
-        batch = []
-        for ev in events:
-            if not isinstance(ev, _DATA) or len(batch) == 1000:
-                break
-            batch.append(ev)
-        taken = self.sup.writer.offer(self.t.id, batch)
-        for _ in range(taken):
-            events.popleft()
-        if taken < len(batch):
-            if self.in_session:
-                await self._wait_room_or_pause()
-                return
-            slot = self._slot
-            if slot is not None and slot.held:
-                # Data during a connect attempt: the handshake is done (WhatsApp delivers
-                # offline messages only to a logged-in session, sometimes before the Connected
-                # event), and a slot held through a wait for the writer would keep the other
-                # tenants from connecting. Given back for the rest of this attempt.
-                self.log.debug("store writer full during the connect: connect slot released")
-                slot.release()
-            await self.sup.writer.wait_room()
-
-    async def _store_buffered(self) -> None:
-        """Hand the data events at the head of the buffer to the writer, waiting for room."""
-        while self.events and isinstance(self.events[0], _DATA):
-            await self._ingest()
-
-    async def _wait_room_or_pause(self) -> None:
-        """Wait for room in the writer; if this buffer fills up first, pause the session."""
-        room = asyncio.ensure_future(self.sup.writer.wait_room())
-        try:
-            while not room.done():
-                if len(self.events) >= EVENTS_MAX:
-                    await self._pause_receiving()
-                    return
-                self._waiter = asyncio.get_running_loop().create_future()
-                await asyncio.wait({self._waiter, room}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._waiter = None
-            room.cancel()
-
-    async def _pause_receiving(self) -> None:
-        """The writer is saturated and this buffer is full: stop the client instead of
-        buffering without limit. What the engine has not acknowledged stays with WhatsApp (the
-        simulator keeps it on its "server") and arrives after the reconnect, once the writer
-        has taken everything buffered here. Not a failure: the failure counter is untouched."""
-        self.pauses += 1
-        self.log.warning(
-            "store writer saturated with {} events buffered: pausing this session until it drains",
-            len(self.events),
-        )
-        await self._stop_client()  # leaves only data events in the buffer
-        writer = self.sup.writer
-        while self.events:
-            batch = list(itertools.islice(self.events, 1000))
-            taken = writer.offer(self.t.id, batch)
-            for _ in range(taken):
-                self.events.popleft()
-            if taken < len(batch):
-                await writer.wait_room()
-        self.log.info("store writer caught up: resuming the session")
-        try:
-            await self.client.connect()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            raise _Ended(f"reconnect after a back-pressure pause failed: {e}") from e
-
-    async def _idle_until(self, deadline_mono: float) -> None:
-        """Wait (still ingesting late data events); lifecycle events of a stopped client are
-        stale and dropped."""
-        while await self.next_event(deadline_mono) is not None:
-            pass
-
-    async def _pairing_update(self, ev: m.PairQR | m.PairCode) -> None:
-        if isinstance(ev, m.PairQR):
-            self.pairing = {
-                "qr": ev.code,
-                "code": self.pairing.get("code"),
-                "expires_ms": ev.expires_ms,
-            }
-            etype, data = "pairing.qr", {"qr": ev.code, "expires_ms": ev.expires_ms}
-        else:
-            self.pairing = {
-                "qr": self.pairing.get("qr"),
-                "code": ev.code,
-                "expires_ms": ev.expires_ms,
-            }
-            etype, data = "pairing.code", {"code": ev.code, "expires_ms": ev.expires_ms}
-        self.sup.publish({"type": "pairing", "tenant": self.t.id, "pairing": dict(self.pairing)})
-        if self.sup.subs.wants(self.t.id, etype):
-            await self.sup.writer.put(self.t.id, ("event", etype, data))
 
     # ---- state ----
 

@@ -13,7 +13,7 @@ from loguru import logger
 from oxyd.clock import Clock
 from oxyd.store import faults, outbox
 from oxyd.store.db import Store
-from oxyd.supervision.runner import ACTIONS
+from oxyd.supervision.outcome import ACTIONS
 
 if TYPE_CHECKING:
     from oxyd.sender import Sender
