@@ -10,7 +10,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from oxyd.engine import EngineError, NotConnected, Sink, StoreUnusable
+from oxyd.engine import EngineError, Sink
 from oxyd.model import (
     ClientOutdated,
     Connected,
@@ -22,11 +22,11 @@ from oxyd.model import (
 )
 from oxyd.neonize import events as tr
 from oxyd.neonize import media as nmedia
-from oxyd.neonize.device import check_store
+from oxyd.neonize.device import STORE_NAME, DeviceStoreMixin
 from oxyd.neonize.pair import PairingRun
 from oxyd.neonize.people import EVENT_NAMES as PEOPLE_EVENTS
 from oxyd.neonize.people import PeopleMixin
-from oxyd.outgoing import Outgoing, SendResult
+from oxyd.neonize.sending import SendingMixin
 from oxyd.proxy import proxy_error
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oxyd.neonize")
 
-STORE_NAME = "whatsmeow.sqlite3"
 # WAL + busy timeout; the trailing `_x=` swallows the `?_foreign_keys=on` neonize appends.
 DSN_OPTIONS = "?_foreign_keys=on&_journal_mode=WAL&_busy_timeout=15000&_x="
 _TERMINAL = (LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated, ConnectFailure)
@@ -56,8 +55,6 @@ _EVENT_NAMES = (
     "HistorySync",
     *PEOPLE_EVENTS,
 )
-_RECIPIENT_RE = re.compile(r"^(\d{6,20})$|^([0-9A-Za-z._-]{1,64})@([a-z.]{1,32})$")
-_MEDIA_TYPES = {"image": 0, "video": 1, "audio": 2, "document": 3}
 
 
 def store_dsn(path: pathlib.Path) -> str:
@@ -67,20 +64,8 @@ def store_dsn(path: pathlib.Path) -> str:
 _DATA_EVENTS = frozenset({"Message", "Receipt", "HistorySync"})
 
 
-def recipient_jid(to: str) -> tuple[str, str]:
-    """(user, server) of a send target: international digits (no +) or a JID."""
-    m = _RECIPIENT_RE.match(to.strip()) if isinstance(to, str) else None
-    if m is None:
-        raise EngineError("recipient must be international digits without + or a JID")
-    if m.group(1):
-        return m.group(1), "s.whatsapp.net"
-    return m.group(2), m.group(3)
-
-
-class NeonizeClient(PeopleMixin):
+class NeonizeClient(DeviceStoreMixin, PeopleMixin, SendingMixin):
     """One tenant's session; the engine keeps exactly one per tenant for the process' life."""
-
-    reuses_message_ids = False  # SendMessage lets whatsmeow choose the id (see send())
 
     def __init__(self, engine: NeonizeEngine, tenant_id: str, sink: Sink) -> None:
         self.engine = engine
@@ -110,43 +95,9 @@ class NeonizeClient(PeopleMixin):
 
     # ---- store ----
 
-    async def device(self) -> tuple[str, str | None] | None:
-        """(jid, push name) of the paired device, read from the store file by a short-lived
-        child (never here: Go in this process may hold the file; see oxyd/neonize/device.py).
-        The supervisor asks only for stores it has no record of."""
-        async with self.engine.store_checks:  # 1,000 adopted folders: not 1,000 children at once
-            found = await check_store(self.store_path)
-        if found is not None:
-            self._own_jid = self._own_jid or found[0]
-        return found
-
-    async def is_paired(self) -> bool:
-        return await self.device() is not None
-
     async def remove(self) -> None:
         await self.stop()
         await asyncio.to_thread(self._delete_store)
-
-    def _check_header(self) -> None:
-        """A store that is not SQLite at all (damaged, overwritten) or cannot be read parks its
-        tenant instead of failing every connect. Only before this process's first connect of
-        the tenant: Go has not opened the file yet, so this open/close cannot drop its locks
-        (a POSIX close drops every lock the process holds on the file)."""
-        try:
-            with open(self.store_path, "rb") as f:
-                head = f.read(16)
-        except OSError as e:
-            raise StoreUnusable(f"device store cannot be read: {e.strerror}") from e
-        if head and head != b"SQLite format 3\x00":
-            raise StoreUnusable("device store corrupt: not a SQLite database")
-
-    def _delete_store(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.store_dir / f"{STORE_NAME}{suffix}").unlink()
-        with contextlib.suppress(OSError):
-            self.store_dir.rmdir()  # only when empty
-        self._own_jid = None
 
     # ---- native client and its handlers ----
 
@@ -427,86 +378,3 @@ class NeonizeClient(PeopleMixin):
         self, ref: str, chat: str, sender: str, wa_id: str, from_me: bool
     ) -> str:
         raise EngineError(nmedia.NO_MEDIA_RETRY)
-
-    # ---- sending (the messages are built in oxyd/neonize/sending.py) ----
-
-    @property
-    def own_jid(self) -> str | None:
-        return self._own_jid
-
-    async def send(self, out: Outgoing) -> SendResult:
-        """neonize 0.5.2's SendMessage export cannot take our id (whatsmeow generates one;
-        `reuses_message_ids` is False): every call is a new message, so the sender never
-        times one out nor resends one that may have left (SendUnknown, see
-        oxyd/send_attempt.py). The result carries WhatsApp's id."""
-        from oxyd.neonize import sending
-
-        to = sending.jid(out.chat)
-        if not self.running:
-            raise NotConnected("not connected")
-        msg = await sending.build(self, out)
-
-        async def go_send() -> Any:
-            if not self.running or not await self._nc.is_logged_in:
-                raise NotConnected("not connected")
-            try:
-                body = (
-                    msg
-                    if msg is not None
-                    else await sending.build_in_go(self._nc, out, self._own_jid)
-                )
-                return await self._nc.send_message(to, body)
-            except (EngineError, NotConnected):
-                raise
-            except Exception as e:
-                raise sending.classify(e) from e
-
-        # gate.run: a cancelled caller never frees the gate while Go still sends.
-        resp = await self.engine.gate.run(go_send, exclusive=False)
-        return SendResult(resp.ID, tr.to_ms(resp.Timestamp) or self.engine.clock.now_ms())
-
-    async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
-        from neonize.utils.enum import ReceiptType
-
-        from oxyd.neonize import sending
-
-        async def go_mark() -> None:
-            if not self.running:
-                raise NotConnected("not connected")
-            try:
-                await self._nc.mark_read(
-                    *ids,
-                    chat=sending.jid(chat),
-                    sender=sending.jid(sender or chat),
-                    receipt=ReceiptType.READ,
-                )
-            except Exception as e:
-                raise EngineError(f"mark read failed: {e}") from e
-
-        await self.engine.gate.run(go_mark, exclusive=False)
-
-    async def chat_presence(self, chat: str, state: str) -> None:
-        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
-
-        from oxyd.neonize import sending
-
-        typing = state != "paused"
-        media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
-        if state != "recording":
-            media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-
-        async def go_presence() -> None:
-            if not self.running:
-                raise NotConnected("not connected")
-            try:
-                await self._nc.send_chat_presence(
-                    sending.jid(chat),
-                    ChatPresence.CHAT_PRESENCE_COMPOSING
-                    if typing
-                    else ChatPresence.CHAT_PRESENCE_PAUSED,
-                    media,
-                )
-            except Exception as e:
-                raise EngineError(f"presence failed: {e}") from e
-
-        await self.engine.gate.run(go_presence, exclusive=False)

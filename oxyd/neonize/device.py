@@ -1,4 +1,5 @@
-"""Which device a whatsmeow store holds, read in a short-lived child process.
+"""A tenant's whatsmeow device store: which device it holds, read in a short-lived child
+process, and the client's own handling of the file (DeviceStoreMixin, mixed into NeonizeClient).
 
 A Python sqlite3 open/close of a store inside a process whose Go side holds the same file drops
 Go's POSIX locks (SQLite's locks are per process), and then a backup can checkpoint and delete
@@ -15,14 +16,17 @@ oxyd.neonize.device STORE`, which prints one JSON line and exits:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 import sqlite3
 import sys
+from typing import Any
 
-from oxyd.engine import EngineError
+from oxyd.engine import EngineError, StoreUnusable
 
 CHECK_TIMEOUT_S = 30.0
+STORE_NAME = "whatsmeow.sqlite3"
 
 
 def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
@@ -82,6 +86,50 @@ async def check_store(path: pathlib.Path) -> tuple[str, str | None] | None:
         raise EngineError(str(answer["error"]))
     found = answer.get("device")
     return (str(found[0]), found[1]) if found else None
+
+
+class DeviceStoreMixin:
+    """Mixed into NeonizeClient: the tenant's device store file (`store_dir`, `store_path`),
+    without ever opening it through SQLite in this process."""
+
+    engine: Any  # NeonizeEngine: its store_checks bound the children running at once
+    store_dir: pathlib.Path
+    store_path: pathlib.Path
+    _own_jid: str | None
+
+    async def device(self) -> tuple[str, str | None] | None:
+        """(jid, push name) of the paired device, read from the store file by a short-lived
+        child (never here: Go in this process may hold the file; see oxyd/neonize/device.py).
+        The supervisor asks only for stores it has no record of."""
+        async with self.engine.store_checks:  # 1,000 adopted folders: not 1,000 children at once
+            found = await check_store(self.store_path)
+        if found is not None:
+            self._own_jid = self._own_jid or found[0]
+        return found
+
+    async def is_paired(self) -> bool:
+        return await self.device() is not None
+
+    def _check_header(self) -> None:
+        """A store that is not SQLite at all (damaged, overwritten) or cannot be read parks its
+        tenant instead of failing every connect. Only before this process's first connect of
+        the tenant: Go has not opened the file yet, so this open/close cannot drop its locks
+        (a POSIX close drops every lock the process holds on the file)."""
+        try:
+            with open(self.store_path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StoreUnusable(f"device store cannot be read: {e.strerror}") from e
+        if head and head != b"SQLite format 3\x00":
+            raise StoreUnusable("device store corrupt: not a SQLite database")
+
+    def _delete_store(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.store_dir / f"{STORE_NAME}{suffix}").unlink()
+        with contextlib.suppress(OSError):
+            self.store_dir.rmdir()  # only when empty
+        self._own_jid = None
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
-"""Build every kind of outgoing message with neonize's protobufs and builders (design §12).
+"""Sending on neonize (design §12): every kind of outgoing message built with neonize's
+protobufs and builders, and the Client's send methods (SendingMixin, mixed into NeonizeClient).
 
 Rules kept here (see also neonize-notes.md):
 - Nothing triggers a network lookup the caller did not ask for: mentions come as JIDs (never
@@ -22,7 +23,8 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from oxyd.engine import EngineError, NotConnected, SendRejected, SendUnknown
-from oxyd.outgoing import Outgoing
+from oxyd.neonize.events import to_ms
+from oxyd.outgoing import Outgoing, SendResult
 
 if TYPE_CHECKING:
     from oxyd.neonize.client import NeonizeClient
@@ -266,3 +268,81 @@ def classify(e: Exception) -> EngineError:
     if any(mark in low for mark in _UNKNOWN_MARKS):
         return SendUnknown(f"no answer from WhatsApp after the message left: {text}")
     return EngineError(f"send failed: {text}")
+
+
+class SendingMixin:
+    """Mixed into NeonizeClient: the Client's send, mark_read and chat_presence. Uses its
+    `_nc`, `engine` (gate, clock), `running` and `_own_jid`."""
+
+    reuses_message_ids = False  # SendMessage lets whatsmeow choose the id (see send())
+
+    @property
+    def own_jid(self) -> str | None:
+        return self._own_jid
+
+    async def send(self, out: Outgoing) -> SendResult:
+        """neonize 0.5.2's SendMessage export cannot take our id (whatsmeow generates one;
+        `reuses_message_ids` is False): every call is a new message, so the sender never
+        times one out nor resends one that may have left (SendUnknown, see
+        oxyd/send_attempt.py). The result carries WhatsApp's id."""
+        to = jid(out.chat)
+        if not self.running:
+            raise NotConnected("not connected")
+        msg = await build(self, out)
+
+        async def go_send() -> Any:
+            if not self.running or not await self._nc.is_logged_in:
+                raise NotConnected("not connected")
+            try:
+                body = msg if msg is not None else await build_in_go(self._nc, out, self._own_jid)
+                return await self._nc.send_message(to, body)
+            except (EngineError, NotConnected):
+                raise
+            except Exception as e:
+                raise classify(e) from e
+
+        # gate.run: a cancelled caller never frees the gate while Go still sends.
+        resp = await self.engine.gate.run(go_send, exclusive=False)
+        return SendResult(resp.ID, to_ms(resp.Timestamp) or self.engine.clock.now_ms())
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None) -> None:
+        from neonize.utils.enum import ReceiptType
+
+        async def go_mark() -> None:
+            if not self.running:
+                raise NotConnected("not connected")
+            try:
+                await self._nc.mark_read(
+                    *ids,
+                    chat=jid(chat),
+                    sender=jid(sender or chat),
+                    receipt=ReceiptType.READ,
+                )
+            except Exception as e:
+                raise EngineError(f"mark read failed: {e}") from e
+
+        await self.engine.gate.run(go_mark, exclusive=False)
+
+    async def chat_presence(self, chat: str, state: str) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+        typing = state != "paused"
+        media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
+        if state != "recording":
+            media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+
+        async def go_presence() -> None:
+            if not self.running:
+                raise NotConnected("not connected")
+            try:
+                await self._nc.send_chat_presence(
+                    jid(chat),
+                    ChatPresence.CHAT_PRESENCE_COMPOSING
+                    if typing
+                    else ChatPresence.CHAT_PRESENCE_PAUSED,
+                    media,
+                )
+            except Exception as e:
+                raise EngineError(f"presence failed: {e}") from e
+
+        await self.engine.gate.run(go_presence, exclusive=False)
