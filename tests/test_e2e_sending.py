@@ -243,3 +243,64 @@ def wav_b64(seconds: float = 2.0) -> str:
         frames = (int(9000 * math.sin(i / 8)) for i in range(int(16000 * seconds)))
         w.writeframes(b"".join(struct.pack("<h", f) for f in frames))
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_cli_send_every_flag_with_wait(make, tmp_path):
+    """`oxyd send` (issue item 7): every kind flag, --caption/--filename/--name/--option/
+    --multiple/--reply-to/--mention/--idempotency-key, and --wait answering "sent"."""
+    import os
+    import subprocess
+    import sys
+
+    d = make(OXYD_SEND_RATE_PER_MIN="6000", OXYD_SEND_BURST="50").start()
+    d.add_connected()
+    d.sim("message", chat="15551230004", text="incoming", id="IN4")
+    files = {
+        "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+        "webp": b"RIFF\x10\0\0\0WEBPVP8 " + b"\0" * 8,
+        "wav": base64.b64decode(wav_b64()),
+    }
+    for ext, data in files.items():
+        (tmp_path / f"f.{ext}").write_bytes(data)
+    env = {**os.environ, "OXYD_URL": f"http://127.0.0.1:{d.port}", "OXYD_TOKEN": TOKEN}
+
+    def send(*argv):
+        r = subprocess.run(
+            [sys.executable, "-m", "oxyd", "send", "sim", "+15551230004", *argv, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert r.returncode == 0, (argv, r.stderr)
+        return json.loads(r.stdout)
+
+    f = lambda ext: str(tmp_path / f"f.{ext}")  # noqa: E731
+    runs = [
+        ("text", ["positional text"]),
+        ("text", ["--text", "quoted", "--reply-to", "IN4", "--mention", "15551230004"]),
+        ("image", ["--image", f("png"), "--caption", "pic"]),
+        ("video", ["--video", f("png")]),
+        ("audio", ["--audio", f("wav")]),
+        ("voice", ["--voice", f("wav")]),
+        ("document", ["--document", f("png"), "--filename", "report.pdf"]),
+        ("sticker", ["--sticker", f("webp")]),
+        ("location", ["--location", "52.52,13.405", "--name", "Berlin"]),
+        ("contact", ["--contact", "Ann,+4915111111111"]),
+        ("poll", ["--poll", "Lunch?", "--option", "yes", "--option", "no", "--multiple"]),
+    ]
+    ids = []
+    for kind, argv in runs:
+        out = send(*argv, "--wait", "30")
+        assert out["kind"] == kind and out["status"] in ("sent", "delivered", "read"), out
+        ids.append(out["id"])
+    again = send("--text", "once", "--idempotency-key", "cli-1", "--wait", "30")
+    assert send("--text", "once", "--idempotency-key", "cli-1")["id"] == again["id"]
+    log = d.sent()
+    assert [e["kind"] for e in log] == [k for k, _ in runs] + ["text"]
+    assert [e["id"] for e in log] == [*ids, again["id"]]
+    by_kind = {e["kind"]: e for e in log}
+    assert by_kind["image"]["caption"] == "pic" and by_kind["document"]["filename"] == "report.pdf"
+    assert log[1]["reply_to_id"] == "IN4" and log[1]["mentions"] == ["15551230004@s.whatsapp.net"]
+    assert by_kind["voice"]["mime"].startswith("audio/ogg") and by_kind["voice"]["duration_s"]
+    assert by_kind["poll"]["question"] == "Lunch?"
