@@ -9,7 +9,7 @@ from oxyd import app as oxyd_app
 from oxyd import outage
 from oxyd.clock import FakeClock
 from oxyd.model import State
-from oxyd.simulator.engine import MAX_COUNT
+from oxyd.simulator.session import MAX_COUNT
 
 N = 10
 CFG = {
