@@ -20,6 +20,7 @@ from oxyd.clock import Clock
 from oxyd.config import MediaConfig
 from oxyd.engine import Client, EngineError, NotConnected
 from oxyd.media import files, recovery
+from oxyd.media.finish import Finisher, Flusher
 from oxyd.media.queue import PAGE, FairQueue
 from oxyd.media.quota import QuotaAlerts
 from oxyd.store.media import FAILED, KEPT_REF, PENDING, SKIPPED, STORED, Job, MediaTable, Outcome
@@ -61,8 +62,8 @@ class Downloads:
         self.quota = QuotaAlerts(table, clock)
         self._loop_task: asyncio.Task | None = None
         self._partial_dirs: set[str] = set()
-        self._finishing: list[tuple[Outcome, asyncio.Future]] = []
-        self._finisher: asyncio.Task | None = None
+        self.flusher = Flusher(cfg.concurrency)  # fsync + rename, on threads of their own
+        self._finisher = Finisher(table, clock)
 
     # ---- lifecycle ----
 
@@ -83,8 +84,8 @@ class Downloads:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._finisher is not None:  # outcomes already decided are still written
-            await asyncio.gather(self._finisher, return_exceptions=True)
+        await self._finisher.drain()  # outcomes already decided are still written
+        self.flusher.close()
         self._loop_task = None
 
     def wake(self) -> None:
@@ -116,7 +117,13 @@ class Downloads:
                 jobs = await self.table.pending(tenant, cursor, PAGE)
                 q.loaded(tenant, jobs, self.clock.now_ms())
             q.release_due(self.clock.now_ms())
-            while self._in_flight < self.cfg.concurrency and (job := q.next()) is not None:
+            # Transfers are bounded by media.concurrency, and wait while every flush thread
+            # is taken (the disk is behind: no use downloading faster than it stores).
+            while (
+                self._in_flight < self.cfg.concurrency
+                and not self.flusher.full
+                and (job := q.next()) is not None
+            ):
                 self._launch(job)
             if q.page_due:
                 self._wake.set()
@@ -246,7 +253,7 @@ class Downloads:
         key = (job.tenant, sha256)
         self.committing[key] += 1
         try:
-            outcome = await asyncio.to_thread(
+            outcome = await self.flusher.run(
                 files.commit, partial, final, size, room, self.cfg.fsync
             )
             if outcome == "no_room":
@@ -342,7 +349,7 @@ class Downloads:
         size: int | None = None,
         count: bool = True,
     ) -> None:
-        await self._finish(Outcome(job, status, reason, sha256, size))
+        await self._finisher.finish(Outcome(job, status, reason, sha256, size))
         self._queue.forget(job.id)
         if count:
             self.results[status] += 1
@@ -350,28 +357,6 @@ class Downloads:
             logger.bind(tenant=job.tenant).warning("media of {} failed: {}", job.wa_id, reason)
         if status in (STORED, FAILED):
             self.kick()
-
-    async def _finish(self, outcome: Outcome) -> None:
-        """Group commit: outcomes that arrive while a transaction runs go in the next one."""
-        fut = asyncio.get_running_loop().create_future()
-        self._finishing.append((outcome, fut))
-        if self._finisher is None or self._finisher.done():
-            self._finisher = asyncio.create_task(self._flush_finishes(), name="oxyd-media-done")
-        await asyncio.shield(fut)
-
-    async def _flush_finishes(self) -> None:
-        while self._finishing:
-            batch, self._finishing = self._finishing, []
-            try:
-                await self.table.finish_many([o for o, _ in batch], self.clock.now_ms())
-            except Exception as e:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-            else:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
 
     def _quota_bytes(self) -> int:
         return int(self.cfg.quota_mb * MIB)

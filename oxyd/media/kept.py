@@ -47,7 +47,7 @@ async def keep_sent(downloads: Downloads, tenant: str, msg: Message, data: bytes
         key = (tenant, sha)
         downloads.committing[key] += 1
         try:
-            outcome = await asyncio.to_thread(
+            outcome = await downloads.flusher.run(
                 files.keep, downloads.data_dir, tenant, data, sha, room, cfg.fsync
             )
             if outcome != "no_room":
