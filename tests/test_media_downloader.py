@@ -242,3 +242,29 @@ async def _all_stored(rig: Rig, n: int) -> bool:
 
 async def _count_stored(rig: Rig, n: int) -> bool:
     return (await rig.statuses()).get("stored", 0) == n
+
+
+async def test_a_slow_disk_holds_new_transfers_back_not_the_others(tmp_path, monkeypatch):
+    """fsync + rename run on the flush threads: while every one is taken (a slow disk), no
+    new transfer starts; the default executor stays free (a transfer's writes, file
+    serving); when the disk catches up, everything is stored."""
+    import threading
+
+    release = threading.Event()
+    real_commit = files.commit
+
+    def slow_commit(*args):
+        release.wait(10)
+        return real_commit(*args)
+
+    monkeypatch.setattr(files, "commit", slow_commit)
+    async with Rig(tmp_path, MediaConfig(concurrency=2)) as rig:
+        await rig.put("a", [media_msg("a", i) for i in range(6)])
+        await until(lambda: rig.downloads.flusher.full, 10, "both flush threads taken")
+        await asyncio.sleep(0.1)
+        assert len(rig.client.calls) == 2 and rig.downloads.in_flight == 0
+        # the default executor is not held by the flushes
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 2) == 42
+        release.set()
+        await until(lambda: _count_stored(rig, 6), 10)
+        assert len(rig.client.calls) == 6
