@@ -132,7 +132,8 @@ class Downloads:
     async def _recover(self) -> None:
         """Before the first download: stored rows whose file is gone go back to pending."""
         try:
-            if await recovery.find_lost(self.data_dir, self.table):
+            known = self.client_of  # a removed (not purged) tenant's rows stay as they are
+            if await recovery.find_lost(self.data_dir, self.table, lambda t: known(t) is not None):
                 await self.recount()
                 self._dirty = True
         except Exception as e:  # never stops the downloads; serving still finds them one by one

@@ -11,6 +11,7 @@ expired path (re-upload request, then `failed` with the reason).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -20,11 +21,14 @@ from oxyd.store import media_retention
 from oxyd.store.media import MediaTable
 
 
-async def find_lost(data_dir: Path, table: MediaTable) -> int:
+async def find_lost(data_dir: Path, table: MediaTable, known: Callable[[str], bool]) -> int:
     """Every tenant's stored rows against its folder (one listing per tenant, not a stat per
-    row). Returns how many rows went back to pending."""
+    row); rows of tenants that are not `known` (removed, not purged) are left as they are.
+    Returns how many rows went back to pending."""
     total = 0
     for tenant in await table.stored_tenants():
+        if not known(tenant):
+            continue
         try:
             on_disk = await asyncio.to_thread(files.listing, data_dir, tenant)
         except OSError as e:  # an unreadable folder is not "every file lost"
