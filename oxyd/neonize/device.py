@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from oxyd.engine import EngineError, StoreUnusable
+from oxyd.neonize.jids import parse_jid
 
 CHECK_TIMEOUT_S = 30.0
 STORE_NAME = "whatsmeow.sqlite3"
@@ -32,8 +33,6 @@ STORE_NAME = "whatsmeow.sqlite3"
 def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:
     """(jid, push name) of the paired device in a store file. Only ever called in a process
     that runs no Go client on it: the check child, or tests."""
-    from oxyd.neonize.events import parse_jid
-
     if not path.is_file():
         return None
     try:

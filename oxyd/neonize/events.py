@@ -1,4 +1,5 @@
-"""Pure translation of neonize (whatsmeow) protobuf events into oxyd.model events.
+"""Pure translation of neonize (whatsmeow) protobuf events into oxyd.model events (a
+message's content: content.py; JIDs and times: jids.py).
 
 No I/O and no neonize calls: every function takes protobuf objects and returns plain events,
 so the whole mapping is tested on hand-built protobufs. It never imports neonize itself.
@@ -37,7 +38,6 @@ from oxyd.model import (
     KeepAliveRestored,
     KeepAliveTimeout,
     LoggedOut,
-    Media,
     Message,
     OfflineSyncCompleted,
     PairFailed,
@@ -46,7 +46,8 @@ from oxyd.model import (
     StreamReplaced,
     TemporaryBan,
 )
-from oxyd.neonize.media import make_ref
+from oxyd.neonize.content import content
+from oxyd.neonize.jids import is_broadcast, is_lid, is_pn, jid_str, parse_jid, pick_phone, to_ms
 
 RECEIPT_TYPES = {1: "delivered", 4: "read", 6: "played"}
 CONNECT_FAILURE_NAMES = {
@@ -70,177 +71,8 @@ HISTORY_SYNC_TYPES = {
     5: "non_blocking_data",
     6: "on_demand",
 }
-# Containers whose inner message is the real one (whatsmeow unwraps most of them already for
-# live events, but history sync WebMessageInfo arrives wrapped).
-_WRAPPERS = (
-    "ephemeralMessage",
-    "viewOnceMessage",
-    "viewOnceMessageV2",
-    "viewOnceMessageV2Extension",
-    "documentWithCaptionMessage",
-    "lottieStickerMessage",
-    "deviceSentMessage",
-)
-_POLLS = tuple(f"pollCreationMessage{v}" for v in ("", "V2", "V3", "V4", "V5", "V6"))
-_PROTOCOL_REVOKE = 0
-_PROTOCOL_EDIT = 14
 
-
-def to_ms(ts: int) -> int:
-    """Unix time of unknown unit (s, ms, us, ns) to ms. whatsmeow's units differ by event and
-    neonize version; real WhatsApp times (2009 onwards) never overlap across units."""
-    ts = int(ts)
-    if ts <= 0:
-        return 0
-    if ts < 100_000_000_000:  # seconds until year 5138
-        return ts * 1000
-    if ts < 100_000_000_000_000:
-        return ts
-    if ts < 100_000_000_000_000_000:
-        return ts // 1000
-    return ts // 1_000_000
-
-
-def jid_str(jid: Any) -> str | None:
-    """A neonize JID proto as `user@server` (device dropped), None when empty."""
-    if jid is None or not jid.Server:
-        return None
-    return f"{jid.User}@{jid.Server}" if jid.User else jid.Server
-
-
-def parse_jid(text: str) -> str | None:
-    """A JID string without its device part (`123:4@s.whatsapp.net` -> `123@s.whatsapp.net`)."""
-    if not text or "@" not in text:
-        return None
-    user, server = text.rsplit("@", 1)
-    return f"{user.split(':', 1)[0].split('.', 1)[0]}@{server}" if user else server
-
-
-def _is_lid(jid: str | None) -> bool:
-    return bool(jid) and jid.endswith("@lid")
-
-
-def _is_pn(jid: str | None) -> bool:
-    return bool(jid) and jid.endswith("@s.whatsapp.net")
-
-
-def _is_broadcast(chat: str | None) -> bool:
-    return bool(chat) and chat.endswith("@broadcast")
-
-
-def _pick_phone(primary: str | None, alt: str | None) -> tuple[str | None, str | None]:
-    """(jid to store, alternative form): the phone JID wins over the LID when both are known."""
-    if _is_lid(primary) and _is_pn(alt):
-        return alt, primary
-    return primary, alt
-
-
-def _unwrap(msg: Any) -> Any:
-    for _ in range(4):  # wrappers nest at most a few levels deep
-        for name in _WRAPPERS:
-            if msg.HasField(name):
-                msg = getattr(msg, name).message
-                break
-        else:
-            return msg
-    return msg
-
-
-def _media(
-    m: Any,
-    field: str,
-    *,
-    duration: bool = False,
-    size: bool = False,
-    filename: bool = False,
-    caption: str | None = None,
-) -> Media:
-    return Media(
-        mime=m.mimetype or None,
-        size_bytes=int(m.fileLength) if m.fileLength else None,
-        filename=(m.fileName or None) if filename else None,
-        sha256=m.fileSHA256.hex() if m.fileSHA256 else None,
-        duration_s=(int(m.seconds) or None) if duration else None,
-        width=(int(m.width) or None) if size else None,
-        height=(int(m.height) or None) if size else None,
-        caption=caption,
-        ref=make_ref(field, m),
-    )
-
-
-def _text_of(msg: Any) -> str | None:
-    """Plain text of a (possibly edited) message body."""
-    kind, text, _, _ = content(msg)
-    return text if kind is not None else None
-
-
-def content(msg: Any) -> tuple[str | None, str | None, Media | None, str | None]:
-    """(kind, text, media, ref_id) of a waE2E Message; kind None = not a user message."""
-    msg = _unwrap(msg)
-    if msg.conversation:
-        return "text", msg.conversation, None, None
-    if msg.HasField("extendedTextMessage"):
-        return "text", msg.extendedTextMessage.text, None, None
-    if msg.HasField("imageMessage"):
-        m = msg.imageMessage
-        cap = m.caption or None
-        return "image", cap, _media(m, "imageMessage", size=True, caption=cap), None
-    if msg.HasField("videoMessage") or msg.HasField("ptvMessage"):
-        field = "videoMessage" if msg.HasField("videoMessage") else "ptvMessage"
-        m, cap = getattr(msg, field), getattr(msg, field).caption or None
-        return "video", cap, _media(m, field, duration=True, size=True, caption=cap), None
-    if msg.HasField("audioMessage"):
-        m = msg.audioMessage
-        return ("voice" if m.PTT else "audio"), None, _media(m, "audioMessage", duration=True), None
-    if msg.HasField("documentMessage"):
-        m = msg.documentMessage
-        cap = m.caption or m.title or None
-        return "document", cap, _media(m, "documentMessage", filename=True, caption=cap), None
-    if msg.HasField("stickerMessage"):
-        return "sticker", None, _media(msg.stickerMessage, "stickerMessage", size=True), None
-    if msg.HasField("locationMessage") or msg.HasField("liveLocationMessage"):
-        m = msg.locationMessage if msg.HasField("locationMessage") else msg.liveLocationMessage
-        where = f"{m.degreesLatitude:.6f},{m.degreesLongitude:.6f}"
-        label = ", ".join(x for x in (getattr(m, "name", ""), getattr(m, "address", "")) if x)
-        return "location", f"{where} {label}".strip(), None, None
-    if msg.HasField("contactMessage"):
-        return "contact", msg.contactMessage.displayName or None, None, None
-    if msg.HasField("contactsArrayMessage"):
-        names = [c.displayName for c in msg.contactsArrayMessage.contacts if c.displayName]
-        return "contact", "\n".join(names) or None, None, None
-    if msg.HasField("reactionMessage"):
-        m = msg.reactionMessage
-        return "reaction", m.text, None, m.key.ID or None  # "" text = reaction removed
-    if msg.HasField("protocolMessage"):
-        m = msg.protocolMessage
-        if m.type == _PROTOCOL_REVOKE and m.key.ID:
-            return "revoke", None, None, m.key.ID
-        if m.type == _PROTOCOL_EDIT:
-            return "edit", _text_of(m.editedMessage), None, m.key.ID or None
-        return None, None, None, None
-    if msg.HasField("editedMessage"):
-        return _edit(msg)
-    for name in _POLLS:
-        if msg.HasField(name):
-            poll = getattr(msg, name)
-            lines = [poll.name, *(f"- {o.optionName}" for o in poll.options)]
-            return "poll", "\n".join(lines), None, None
-    if msg.HasField("pollUpdateMessage"):
-        return "poll_vote", None, None, msg.pollUpdateMessage.pollCreationMessageKey.ID or None
-    if msg.HasField("senderKeyDistributionMessage") or msg.HasField("messageContextInfo"):
-        # Key material alone: whatsmeow sends the real content in the same or a later message.
-        set_fields = [f.name for f, _ in msg.ListFields()]
-        if set(set_fields) <= {"senderKeyDistributionMessage", "messageContextInfo"}:
-            return None, None, None, None
-    fields = [f.name for f, _ in msg.ListFields() if f.name != "messageContextInfo"]
-    return ("other" if fields else None), None, None, None
-
-
-def _edit(msg: Any) -> tuple[str | None, str | None, Media | None, str | None]:
-    inner = msg.editedMessage.message
-    if inner.HasField("protocolMessage"):
-        return content(inner)
-    return "edit", _text_of(inner), None, None
+__all__ = ["jid_str", "parse_jid", "to_ms"]  # tests and callers still use them through here
 
 
 def message_from_event(ev: Any, *, own_jid: str | None = None) -> Message | None:
@@ -251,15 +83,15 @@ def message_from_event(ev: Any, *, own_jid: str | None = None) -> Message | None
     if kind is None:
         return None
     raw_sender = jid_str(src.Sender)
-    sender, sender_alt = _pick_phone(raw_sender, jid_str(src.SenderAlt))
+    sender, sender_alt = pick_phone(raw_sender, jid_str(src.SenderAlt))
     raw_chat = jid_str(src.Chat)
     chat, chat_alt = raw_chat, None
-    if _is_lid(raw_chat) and not src.IsGroup:
+    if is_lid(raw_chat) and not src.IsGroup:
         # In a 1:1 chat the peer is the sender (inbound) or the recipient (outbound).
         peer_alt = jid_str(src.RecipientAlt) if src.IsFromMe else jid_str(src.SenderAlt)
-        if _is_pn(peer_alt):
+        if is_pn(peer_alt):
             chat, chat_alt = peer_alt, raw_chat
-    if src.IsFromMe and own_jid and not _is_pn(sender):
+    if src.IsFromMe and own_jid and not is_pn(sender):
         sender, sender_alt = own_jid, sender
     return Message(
         wa_id=info.ID,
@@ -276,7 +108,7 @@ def message_from_event(ev: Any, *, own_jid: str | None = None) -> Message | None
         ref_id=ref_id,
         raw=ev.SerializePartialToString(),
         is_group=bool(src.IsGroup) or (chat or "").endswith("@g.us"),
-        is_broadcast=_is_broadcast(raw_chat),
+        is_broadcast=is_broadcast(raw_chat),
     )
 
 
@@ -285,10 +117,10 @@ def receipt_from_event(ev: Any) -> Receipt | None:
     if kind is None or not ev.MessageIDs:
         return None
     src = ev.MessageSource
-    sender, _ = _pick_phone(jid_str(src.Sender), jid_str(src.SenderAlt))
+    sender, _ = pick_phone(jid_str(src.Sender), jid_str(src.SenderAlt))
     chat = jid_str(src.Chat)
-    if _is_lid(chat) and not src.IsGroup:
-        chat, _ = _pick_phone(chat, jid_str(src.SenderAlt))
+    if is_lid(chat) and not src.IsGroup:
+        chat, _ = pick_phone(chat, jid_str(src.SenderAlt))
     return Receipt(
         chat=chat or "",
         sender=sender or "",
@@ -309,7 +141,7 @@ def history_message(
         return None
     key = wmi.key
     is_group = chat.endswith("@g.us")
-    broadcast = _is_broadcast(chat) or _is_broadcast(parse_jid(key.remoteJID))
+    broadcast = is_broadcast(chat) or is_broadcast(parse_jid(key.remoteJID))
     if key.fromMe:
         sender = own_jid or ""
     elif is_group or broadcast:
@@ -343,8 +175,8 @@ def history_events(ev: Any, *, own_jid: str | None = None) -> list[Event]:
     names: list[tuple[str, str]] = []
     for conv in data.conversations:
         raw_chat = parse_jid(conv.ID) or conv.ID
-        chat, chat_alt = _pick_phone(raw_chat, parse_jid(conv.pnJID))
-        if chat_alt is None and _is_pn(chat) and conv.lidJID:
+        chat, chat_alt = pick_phone(raw_chat, parse_jid(conv.pnJID))
+        if chat_alt is None and is_pn(chat) and conv.lidJID:
             chat_alt = parse_jid(conv.lidJID)
         name = conv.name or conv.displayName or None
         if name:

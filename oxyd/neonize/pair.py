@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from oxyd.model import Event, PairCode, PairFailed, PairQR, PairSuccess
+from oxyd.neonize.jids import jid_str
 
 log = logging.getLogger("oxyd.neonize")
 
@@ -182,8 +183,6 @@ async def _pair(store: str, uuid: str, phone: str | None) -> int:
     quiet_neonize_logs()
     from neonize.aioze import events as nev
     from neonize.aioze.client import NewAClient
-
-    from oxyd.neonize.events import jid_str
 
     nev.event_global_loop = loop
     watcher = asyncio.ensure_future(_watch_parent(os.getppid(), MAX_CHILD_S))

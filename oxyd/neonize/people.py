@@ -17,7 +17,7 @@ from typing import Any
 
 from oxyd import model as m
 from oxyd.engine import EngineError, NotConnected, NotFound, Refused
-from oxyd.neonize.events import jid_str, parse_jid, to_ms
+from oxyd.neonize.jids import jid_str, parse_jid, to_ms
 
 log = logging.getLogger("oxyd.neonize")
 
