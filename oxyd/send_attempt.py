@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from oxyd import backoff
-from oxyd.engine import NotConnected, SendRejected, SendUnknown
+from oxyd.engine import EngineError, NotConnected, SendRejected, SendUnknown
 from oxyd.model import State
 from oxyd.outgoing import Outgoing, as_message
 from oxyd.store import sendqueue
@@ -77,16 +77,21 @@ async def send_one(s: Sender, r: Runner, row: Row, data: bytes | None) -> bool:
     except SendRejected as e:
         await s._finish(tid, row, FAILED, error=str(e))
         return True
-    except SendUnknown as e:
-        if reuses or s.cfg.resend_unknown:
-            return await _retry(s, r, row, f"outcome unknown: {e}")
-        await s._finish(tid, row, FAILED, error=f"{UNKNOWN}: {e}; {_NOT_RESENT}")
-        return True
     except asyncio.CancelledError:
         raise  # in flight at a stop: the row keeps its mark, the next start judges it
-    except Exception as e:  # transient (or a bug in an engine): back off, retry
+    except Exception as e:
         reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-        return await _retry(s, r, row, reason)
+        # An EngineError says nothing was sent (transient: back off, retry). SendUnknown, or
+        # an error no engine should raise (a bug: it may come after the message left), is
+        # an unknown outcome: resent only where that is safe or chosen.
+        known = isinstance(e, EngineError) and not isinstance(e, SendUnknown)
+        if known or reuses:
+            return await _retry(s, r, row, reason)
+        if s.cfg.resend_unknown:
+            return await _retry(s, r, row, f"outcome unknown: {reason}")
+        error = e if isinstance(e, SendUnknown) else reason
+        await s._finish(tid, row, FAILED, error=f"{UNKNOWN}: {error}; {_NOT_RESENT}")
+        return True
     finally:
         s.in_flight.pop(tid, None)
     await s._finish(tid, row, SENT, result=res)

@@ -212,8 +212,9 @@ class FakeNative:
     """The Go side of a logged-in neonize client: send_message answers as scripted (the
     message itself is built by oxyd with neonize's real protobufs)."""
 
-    def __init__(self, error: str | None = None) -> None:
+    def __init__(self, error: str | None = None, crash: Exception | None = None) -> None:
         self.error = error
+        self.crash = crash
         self.sent: list[tuple[object, object]] = []
 
     @property
@@ -227,6 +228,8 @@ class FakeNative:
         from neonize.exc import SendMessageError
 
         self.sent.append((to, message))
+        if self.crash is not None:
+            raise self.crash
         if self.error is not None:
             raise SendMessageError(self.error)
         return npb.SendResponse(ID="3EB0WHATSMEOWCHOSE", Timestamp=1_700_000_000)
@@ -272,6 +275,15 @@ async def test_send_errors_before_the_message_left_are_transient(session):
     with pytest.raises(EngineError) as e:
         await session.send(out("text", text="hi"))
     assert not isinstance(e.value, SendUnknown | SendRejected)
+
+
+async def test_send_failures_other_than_whatsmeows_are_unknown_and_builds_are_not(session):
+    session._nc = FakeNative(crash=ValueError("response did not parse"))
+    with pytest.raises(SendUnknown):
+        await session.send(out("text", text="hi"))
+    with pytest.raises(EngineError) as e:  # the builder failed: nothing left
+        await session.send(out("location", lat="north", lng=13.4))
+    assert not isinstance(e.value, SendUnknown) and "cannot build" in str(e.value)
 
 
 def test_a_dead_engine_host_is_an_unknown_outcome():

@@ -53,6 +53,8 @@ class NoReuseClient:
         self.engine.accepted.append((out.id, wa_id))  # the server has it from here
         if step == "unknown":
             raise SendUnknown("timed out waiting for message send response")
+        if step == "bug":
+            raise KeyError("Timestamp")  # after the server took it: not an EngineError
         if step == "hang":
             await self.engine.release.wait()
         return SendResult(wa_id, self.engine.clock.now_ms())
@@ -162,6 +164,16 @@ async def test_an_unknown_outcome_fails_explicitly_and_is_not_resent(env):
     failed = [h for h in hooks if h["id"] == msg]
     assert [h["status"] for h in failed] == ["failed"]
     assert failed[0]["error"].startswith("outcome_unknown")
+
+
+async def test_an_unexpected_error_is_an_unknown_outcome_too(env):
+    app, engine, _ = env
+    await connected(app)
+    engine.script = ["bug"]
+    msg = await enqueue(app)
+    await until(lambda: app.supervisor.sending.failed == 1, what="failed")
+    got = await status(app, msg)
+    assert got["error"].startswith("outcome_unknown: KeyError") and engine.calls == [msg]
 
 
 async def test_resend_unknown_opts_into_at_least_once(tmp_path):

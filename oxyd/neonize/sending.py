@@ -288,18 +288,30 @@ class SendingMixin:
         to = jid(out.chat)
         if not self.running:
             raise NotConnected("not connected")
-        msg = await build(self, out)
+        try:
+            msg = await build(self, out)
+        except EngineError:
+            raise
+        except Exception as e:  # before anything left: nothing was sent
+            raise EngineError(f"cannot build the message: {type(e).__name__}: {e}") from e
 
         async def go_send() -> Any:
+            from neonize.exc import SendMessageError
+
             if not self.running or not await self._nc.is_logged_in:
                 raise NotConnected("not connected")
             try:
                 body = msg if msg is not None else await build_in_go(self._nc, out, self._own_jid)
-                return await self._nc.send_message(to, body)
-            except (EngineError, NotConnected):
+            except EngineError:
                 raise
             except Exception as e:
+                raise EngineError(f"cannot build the message: {type(e).__name__}: {e}") from e
+            try:
+                return await self._nc.send_message(to, body)
+            except SendMessageError as e:  # whatsmeow's own error: its text tells
                 raise classify(e) from e
+            except Exception as e:  # anything else may come after the message left
+                raise SendUnknown(f"the send call failed: {type(e).__name__}: {e}") from e
 
         # gate.run: a cancelled caller never frees the gate while Go still sends.
         resp = await self.engine.gate.run(go_send, exclusive=False)
