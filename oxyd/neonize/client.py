@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pathlib
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,8 @@ from oxyd.model import (
 )
 from oxyd.neonize import events as tr
 from oxyd.neonize import media as nmedia
-from oxyd.neonize.device import STORE_NAME, DeviceStoreMixin
+from oxyd.neonize.device import STORE_NAME, DeviceStoreMixin, store_dsn
+from oxyd.neonize.library import import_neonize
 from oxyd.neonize.pair import PairingRun
 from oxyd.neonize.people import EVENT_NAMES as PEOPLE_EVENTS
 from oxyd.neonize.people import PeopleMixin
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oxyd.neonize")
 
-# WAL + busy timeout; the trailing `_x=` swallows the `?_foreign_keys=on` neonize appends.
-DSN_OPTIONS = "?_foreign_keys=on&_journal_mode=WAL&_busy_timeout=15000&_x="
 _TERMINAL = (LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated, ConnectFailure)
 _EVENT_NAMES = (
     "Connected",
@@ -55,10 +53,6 @@ _EVENT_NAMES = (
     "HistorySync",
     *PEOPLE_EVENTS,
 )
-
-
-def store_dsn(path: pathlib.Path) -> str:
-    return f"{path}{DSN_OPTIONS}"
 
 
 _DATA_EVENTS = frozenset({"Message", "Receipt", "HistorySync"})
@@ -105,8 +99,6 @@ class NeonizeClient(DeviceStoreMixin, PeopleMixin, SendingMixin):
         """The tenant's one NewAClient, created on first use with every handler registered
         (Go only forwards event codes subscribed before connect). Tests feed events into it."""
         if self._nc is None:
-            from oxyd.neonize.engine import import_neonize
-
             import_neonize()
             from neonize.aioze import events as nev
             from neonize.aioze.client import NewAClient

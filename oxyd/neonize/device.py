@@ -28,6 +28,13 @@ from oxyd.neonize.jids import parse_jid
 
 CHECK_TIMEOUT_S = 30.0
 STORE_NAME = "whatsmeow.sqlite3"
+# WAL + busy timeout; the trailing `_x=` swallows the `?_foreign_keys=on` neonize appends.
+DSN_OPTIONS = "?_foreign_keys=on&_journal_mode=WAL&_busy_timeout=15000&_x="
+
+
+def store_dsn(path: pathlib.Path) -> str:
+    """The device store's DSN as neonize takes it."""
+    return f"{path}{DSN_OPTIONS}"
 
 
 def read_device(path: pathlib.Path) -> tuple[str, str | None] | None:

@@ -28,14 +28,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import gc
 import logging
 import os
 import pathlib
-import subprocess
 import sys
-import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -45,6 +41,7 @@ from oxyd.engine import Sink
 from oxyd.model import valid_tenant_id
 from oxyd.neonize.client import NeonizeClient, store_dsn
 from oxyd.neonize.device import read_device
+from oxyd.neonize.library import import_neonize, quiet_neonize_logs
 
 log = logging.getLogger("oxyd.neonize")
 T = TypeVar("T")
@@ -281,45 +278,13 @@ class NeonizeEngine:
         return not self.stuck()
 
 
-def import_neonize() -> None:
-    """Import neonize once, quietly: its import leaks an `os.popen("uname -a")` pipe whose
-    ResourceWarning would otherwise surface at a random later GC (an error under pytest)."""
-    if "neonize.aioze.client" in sys.modules:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        import neonize.aioze.client  # noqa: F401
-
-        # The unwaited popen sits in subprocess' cleanup list until the next Popen: reap it
-        # now, under this filter, instead of inside whoever spawns the next process.
-        for _ in range(100):
-            getattr(subprocess, "_cleanup", lambda: None)()
-            if not getattr(subprocess, "_active", None):
-                break
-            time.sleep(0.01)
-        gc.collect()
-
-
-def quiet_neonize_logs() -> None:
-    """neonize forwards Go log lines at the level of its logger: keep them at WARNING."""
-    for name in (
-        "neonize",
-        "neonize.utils.log",
-        "whatsmeow",
-        "Whatsmeow",
-        "whatsmeow.Client",
-        "Whatsmeow.Database",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # We never use neonize's ffmpeg paths; its "ffmpeg missing" warning would mislead.
-    logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
-
-
 __all__ = [
     "Gate",
     "NeonizeClient",
     "NeonizeEngine",
+    "import_neonize",
     "process_resources",
+    "quiet_neonize_logs",
     "read_device",
     "store_dsn",
 ]

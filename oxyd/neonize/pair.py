@@ -28,7 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from oxyd.model import Event, PairCode, PairFailed, PairQR, PairSuccess
+from oxyd.neonize.device import store_dsn
 from oxyd.neonize.jids import jid_str
+from oxyd.neonize.library import quiet_neonize_logs
 
 log = logging.getLogger("oxyd.neonize")
 
@@ -176,8 +178,6 @@ async def _watch_parent(parent_pid: int, limit_s: float) -> None:
 
 
 async def _pair(store: str, uuid: str, phone: str | None) -> int:
-    from oxyd.neonize.engine import quiet_neonize_logs, store_dsn
-
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=8))
     quiet_neonize_logs()
