@@ -346,3 +346,32 @@ def test_commands_use_the_virtualenv(doc: Path) -> None:
     bad = re.compile(r"^\s*(?:pip|pytest|mkdocs|ruff|schemathesis)\b", re.M)
     for block in re.findall(r"^```(?:sh|bash|console)?\n(.*?)^```", doc.read_text(), re.M | re.S):
         assert not bad.search(block), f"{rel(doc)}: {bad.search(block).group(0)!r}"
+
+
+def test_module_map_names_real_modules() -> None:
+    """docs/development.md's module map: every package and module it names exists (a file named
+    in a package's description is looked for in that package)."""
+    page = (DOCS / "development.md").read_text()
+    block = re.search(r"^## Module map\n+```\n(.*?)^```", page, re.M | re.S)
+    assert block, "docs/development.md lost its module map"
+    entries: list[tuple[str, str]] = []  # (entry, its description incl. continuation lines)
+    for line in block.group(1).splitlines():
+        m = re.match(r"^  (\S+)\s*(.*)$", line)
+        if m:
+            entries.append((m.group(1), m.group(2)))
+        elif entries and line.startswith("   "):
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+    assert len(entries) > 10
+    problems = []
+    for entry, text in entries:
+        base = ROOT / "oxyd" / entry.rstrip("/")
+        if not base.exists():
+            problems.append(entry)
+            continue
+        where = base if base.is_dir() else base.parent
+        for group in re.findall(r"[\w*]+(?:/[\w*]+)*\.py", text):
+            for name in group.split("/"):
+                name = name if name.endswith(".py") else name + ".py"
+                if not list(where.glob(name)):
+                    problems.append(f"{entry}: {name}")
+    assert not problems, "module map names what does not exist: " + ", ".join(problems)
