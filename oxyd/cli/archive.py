@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from oxyd.cli.api import EXIT_OK, EXIT_UNREACHABLE, CliError, api_error, emit, quote
+
 CHUNK = 1 << 20
 TIMEOUT_S = 600.0  # an archive of a tenant with years of media takes a while
 
@@ -31,8 +33,6 @@ def add_actions(actions: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def archive_tenant(path: Path) -> str:
-    from oxyd.cli.client import CliError
-
     try:
         with tarfile.open(path, mode="r:") as tar:
             first = tar.next()
@@ -44,12 +44,10 @@ def archive_tenant(path: Path) -> str:
 
 
 def run(args: argparse.Namespace, api: Any) -> int:
-    from oxyd.cli.client import EXIT_OK, _api_error, _emit, _quote
-
     if args.action == "export":
         target = Path(args.file)
         tmp = target.with_name(f".{target.name}.part")
-        req = _request(api, "GET", f"/v1/tenants/{_quote(args.id)}/archive")
+        req = _request(api, "GET", f"/v1/tenants/{quote(args.id)}/archive")
         h = hashlib.sha256()
         size = 0
         try:
@@ -62,18 +60,16 @@ def run(args: argparse.Namespace, api: Any) -> int:
                         out.write(chunk)
                 want = resp.headers.get("X-Oxyd-Archive-Sha256")
         except urllib.error.HTTPError as e:
-            raise _api_error(e) from None
+            raise api_error(e) from None
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise _unreachable(api, e) from None
         if want and want != h.hexdigest():
             tmp.unlink(missing_ok=True)
-            from oxyd.cli.client import CliError
-
             raise CliError("the archive arrived damaged (sha256 differs); try again")
         os.replace(tmp, target)
         out_data = {"tenant": args.id, "file": str(target), "bytes": size, "sha256": h.hexdigest()}
-        _emit(args, out_data, f"exported {args.id} to {target} ({size} bytes)")
+        emit(args, out_data, f"exported {args.id} to {target} ({size} bytes)")
         return EXIT_OK
     path = Path(args.file)
     tid = args.id or archive_tenant(path)
@@ -85,7 +81,7 @@ def run(args: argparse.Namespace, api: Any) -> int:
         req = _request(
             api,
             "PUT",
-            f"/v1/tenants/{_quote(tid)}/archive",
+            f"/v1/tenants/{quote(tid)}/archive",
             data=f,
             headers={
                 "Content-Type": "application/x-tar",
@@ -97,10 +93,10 @@ def run(args: argparse.Namespace, api: Any) -> int:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
                 t = json.loads(resp.read())
         except urllib.error.HTTPError as e:
-            raise _api_error(e) from None
+            raise api_error(e) from None
         except OSError as e:
             raise _unreachable(api, e) from None
-    _emit(args, t, f"imported {t['id']} ({t['engine']}): {t['state']}")
+    emit(args, t, f"imported {t['id']} ({t['engine']}): {t['state']}")
     return EXIT_OK
 
 
@@ -114,8 +110,6 @@ def _request(api: Any, method: str, path: str, data=None, headers=None) -> urlli
 
 
 def _unreachable(api: Any, e: OSError):
-    from oxyd.cli.client import EXIT_UNREACHABLE, CliError
-
     return CliError(
         f"daemon not reachable at {api.url} ({getattr(e, 'reason', e)})", EXIT_UNREACHABLE
     )

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from oxyd.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError, _emit, _quote, tenant_id_arg
+from oxyd.cli.api import EXIT_OK, EXIT_USAGE, Api, CliError, emit, quote, tenant_id_arg
 
 MEDIA_FLAGS = ("image", "video", "audio", "voice", "document", "sticker")
 MAX_WAIT_S = 30.0
@@ -100,12 +100,12 @@ def cmd_send(args: argparse.Namespace, api: Api) -> int:
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     out = api.call(
         "POST",
-        f"/v1/tenants/{_quote(args.id)}/messages",
+        f"/v1/tenants/{quote(args.id)}/messages",
         body,
         query=query,
         headers=headers,
         timeout_s=(args.wait or 0) + 30,
     )
     where = out.get("chat") or urllib.parse.unquote(args.to)
-    _emit(args, out, f"{out['status']} {out['id']} to {where}")
+    emit(args, out, f"{out['status']} {out['id']} to {where}")
     return EXIT_OK
