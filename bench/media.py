@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import hashlib
 import json
 import math
@@ -221,6 +222,8 @@ async def _main(args: argparse.Namespace, work: Path) -> dict:
         for token, _ in big[:1]:
             want = await asyncio.to_thread(_sha_of, folder / token)
             assert await pipe.downloads.table.has_stored(TENANT, want)
+        # --profile: the event loop's time in the pipeline rounds (threads are not seen)
+        prof = cProfile.Profile() if args.profile else None
         for rnd in range(args.rounds):
             # Every round starts from an empty store, so each distinct content is a new file
             # (moved in, and fsynced with media.fsync) in every round, not only the first.
@@ -229,7 +232,11 @@ async def _main(args: argparse.Namespace, work: Path) -> dict:
             cpu0 = time.process_time()
             b = await baseline(base_url, tokens, work / "plain", args.concurrency)
             cpu1 = time.process_time()
+            if prof is not None:
+                prof.enable()
             p = await pipe.run(tokens, f"r{rnd}")
+            if prof is not None:
+                prof.disable()
             cpu2 = time.process_time()
             n = await fast.run(tokens, f"r{rnd}")
             new = await asyncio.to_thread(lambda: len(files.listing(data_dir, TENANT)))
@@ -259,6 +266,8 @@ async def _main(args: argparse.Namespace, work: Path) -> dict:
         )
 
     await engine.close()
+    if prof is not None:
+        prof.dump_stats(args.profile)
     results["target_ratio_met"] = results["ratio"] >= 0.8
     results["target_ratio_nofsync_met"] = results["ratio_nofsync"] >= 0.8
     results["target_rss_met"] = results["rss_increase_mb"] < 20
@@ -295,6 +304,7 @@ def cli() -> None:
     ap.add_argument("--big-mb", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="1,000 files, 2 big files")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--profile", default=None, help="cProfile the pipeline rounds into this file")
     args = ap.parse_args()
     if args.quick:
         args.files, args.big = 1_000, 2
