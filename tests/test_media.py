@@ -446,3 +446,42 @@ async def test_sent_media_is_kept_and_served_like_incoming(tmp_path, monkeypatch
         await until(stored, 20, "the sent copy stored again")
     finally:
         await h.close()
+
+
+async def test_sent_media_over_the_quota_is_not_kept_and_says_why(tmp_path, monkeypatch):
+    h = await Harness.start(
+        tmp_path, monkeypatch, OXYD_SEND_RATE_PER_MIN="6000", OXYD_MEDIA_QUOTA_MB="0.01"
+    )
+    try:
+        await h.add("acme")
+        body = {
+            "to": "15557654321",
+            "media": {"type": "image", "data_b64": base64.b64encode(os.urandom(50_000)).decode()},
+        }
+        r = await h.req("POST", "/v1/tenants/acme/messages", json=body)
+        msg_id = (await r.json())["id"]
+
+        async def written():
+            r = await h.req("GET", f"/v1/tenants/acme/messages/{msg_id}")
+            return (await r.json()).get("media")
+
+        media = await until(written, 20, "sent and written")
+        assert media["status"] == "skipped" and media["url"] is None
+        assert "no copy kept" in media["reason"] and "quota" in media["reason"]
+    finally:
+        await h.close()
+
+
+def test_incoming_media_without_a_path_is_skipped_with_its_reason():
+    from oxyd import model
+    from oxyd.config import MediaConfig
+    from oxyd.store.media import policy_status
+
+    msg = model.Message(
+        wa_id="X", chat="c", sender="s", from_me=False, sent_at_ms=1, kind="image",
+        media=model.Media(mime="image/jpeg", size_bytes=10),
+    )  # fmt: skip
+    assert policy_status(MediaConfig(), msg) == (
+        "skipped",
+        "no download reference: the message carries no media path",
+    )

@@ -80,6 +80,8 @@ def policy_status(cfg: MediaConfig, m: Message, *, manual: bool = False) -> tupl
         return SKIPPED, "no media"
     if media.ref == KEPT_REF:
         return STORED, None  # sent through this API: its bytes were kept when it was sent
+    if not media.ref and not m.from_me:
+        return SKIPPED, "no download reference: the message carries no media path"
     if media.size_bytes is not None and media.size_bytes > cfg.max_bytes:
         return SKIPPED, f"{media.size_bytes} bytes is over media.max_bytes ({cfg.max_bytes})"
     if manual and media.ref:
@@ -93,7 +95,7 @@ def policy_status(cfg: MediaConfig, m: Message, *, manual: bool = False) -> tupl
     if not media.ref:
         # Sent through this API, and its copy could not be kept (oxyd/media/kept.py logs why);
         # there is no CDN reference to fetch it back by.
-        return SKIPPED, "sent through this API; no copy was kept (media.quota_mb or a disk error)"
+        return SKIPPED, "no copy kept when it was sent (media.quota_mb reached or a disk error)"
     return PENDING, None
 
 
