@@ -52,3 +52,14 @@ async def test_every_error_response_uses_the_error_schema(h):
                 if int(status) >= 400 and path != "/readyz":
                     schema = resp["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/Error"}, (method, path)
+
+
+def test_every_simulator_action_has_a_variant_with_its_fields():
+    """The simulate body's schema (oxyd/http/simulate.py) follows the simulator's actions: an
+    action without a variant would be refused, a field not in it too."""
+    from oxyd.http.simulate import VARIANTS
+    from oxyd.simulator.engine import _ACTIONS
+
+    assert set(VARIANTS) == set(_ACTIONS)
+    for name, (fields, _) in _ACTIONS.items():
+        assert set(VARIANTS[name][0]) == set(fields), name

@@ -62,11 +62,14 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(403, "forbidden", "this route needs the admin token")
 
 
-def tenant_id(request: web.Request) -> str:
-    """The {id} path segment, validated, and visible to this token (else 404)."""
+def tenant_id(request: web.Request, *, exists: bool = True) -> str:
+    """The {id} path segment, validated, and (unless `exists` is False: a route that makes the
+    tenant) a tenant visible to this token, else 404."""
     tid = request.match_info["id"]
     if not valid_tenant_id(tid):
         raise ApiError(400, "invalid_tenant_id", "tenant ids match ^[a-z0-9][a-z0-9_-]{0,62}$")
+    if not exists:
+        return tid
     own = request.get(TOKEN_TENANT)
     # Another tenant's id answers exactly like a missing one: a token learns nothing of others.
     if (own is not None and own != tid) or tid not in request.app[APP].supervisor.runners:

@@ -6,6 +6,7 @@ Every refusal is an ApiError whose message starts with the field or parameter it
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +47,22 @@ def parse_json_object(raw: bytes, *, required: bool) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise ApiError(400, "invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800..)")
     return body
+
+
+# A lone surrogate (`"\ud800"`) is valid JSON but no text: nothing can store or send it. Only a
+# body with such an escape is re-encoded to find one (an emoji is often sent as a pair of them).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def check_fields(

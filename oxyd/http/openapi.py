@@ -1,9 +1,9 @@
 """GET /v1/openapi.json: the OpenAPI 3.1 description of the control port, built from the router.
 
-Routes registered through operation.py carry the very schemas the server validates with; this
-module arranges them into the document, so a route cannot be served undocumented or validated
-differently from what is published. Routes not yet converted keep their hand-written entries
-(openapi_legacy.py, openapi_people.py, sending_doc.py), which generated ones override. The
+Every route is registered through operation.py and carries the very schemas the server validates
+with; this module arranges them into the document (answers' shared shapes: components.py), so a
+route cannot be served undocumented or validated differently from what is published. Links
+(links.py) tell clients and schemathesis' stateful phase where the ids of an answer lead. The
 document is open (no token): it holds no data, and tools read it before they have a token.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from oxyd import __version__
-from oxyd.http import openapi_legacy, openapi_people, sending_doc
+from oxyd.http import components
 from oxyd.http import shapes as s
 from oxyd.http.operation import Input, Operation, operation
 
@@ -78,10 +78,15 @@ def describe(op: Operation, operation_id: str) -> dict[str, Any]:
     if op.access == "admin":
         statuses.add(403)
     if op.tenant_route:
-        statuses |= {400, 404}  # an id that is malformed / not a tenant this token sees
+        statuses.add(400)  # a malformed id
+        if op.tenant_exists:
+            statuses.add(404)  # not a tenant this token sees
     if op.path_params or op.query or op.headers:
         statuses.add(400)
-    if op.reads_body():
+    if op.request_content is not None:
+        statuses |= {400, 413}
+        out["requestBody"] = {"required": True, "content": op.request_content}
+    elif op.reads_body():
         statuses |= {400, 413}
         schema = op.body if op.body is not None else s.obj({})
         out["requestBody"] = {
@@ -110,20 +115,9 @@ def operations(routes: Iterable[Any]) -> list[tuple[Operation, str]]:
 
 def document(routes: Iterable[Any]) -> dict[str, Any]:
     """The document for these routes (a router's routes, or the RouteDefs of route tables)."""
-    routes = list(routes)
-    served = {(r.method.lower(), _path(r)) for r in routes}
-    paths, schemas = openapi_legacy.paths(), dict(openapi_legacy.SCHEMAS)
-    openapi_people.extend(paths, schemas)
-    for path, ops in sending_doc.paths().items():
-        paths.setdefault(path, {}).update(ops)
+    paths: dict[str, dict[str, Any]] = {}
     for op, name in operations(routes):
         paths.setdefault(op.path, {})[op.method.lower()] = describe(op, name)
-    # Hand-written entries of routes this app does not serve (another node's, a test app's).
-    paths = {
-        p: {m: o for m, o in item.items() if (m, p) in served}
-        for p, item in paths.items()
-        if any((m, p) in served for m in item)
-    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -134,16 +128,11 @@ def document(routes: Iterable[Any]) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": dict(components.SCHEMAS),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
     }
-
-
-def _path(route: Any) -> str:
-    resource = getattr(route, "resource", None)
-    return resource.canonical if resource is not None else route.path
 
 
 @operation(

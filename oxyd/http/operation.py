@@ -70,8 +70,13 @@ class Operation:
     # Runs on the parsed body before the schema, with (App, body, size in bytes): checks that
     # must answer before field errors (a text body past http.max_body_bytes is 413, not 400).
     precheck: Callable[[Any, dict[str, Any], int], None] | None = None
-    # The handler reads the body itself (streams, or larger limits it checks after parsing).
+    # The handler reads the body itself (streams, or larger limits it checks after parsing);
+    # `request_content` documents it ({media type: {"schema": ...}}).
     raw_body: bool = False
+    request_content: dict[str, Any] | None = None
+    # False for a route that makes the tenant {id} (an archive import): the id is checked, and
+    # the handler answers for a tenant that exists already.
+    tenant_exists: bool = True
     description: str | None = None
     tags: tuple[str, ...] = ()
     _body_check: BodyCheck | None = None
@@ -119,7 +124,7 @@ async def _validated(request: web.Request, op: Operation) -> Input:
         require_admin(request)
     inp = Input()
     if op.tenant_route:
-        inp.tenant = tenant_id(request)
+        inp.tenant = tenant_id(request, exists=op.tenant_exists)
     for name, schema in op.path_params.items():
         raw = request.match_info[name]
         inp.path[name] = _param(op, name, raw, schema, "invalid_parameter")
@@ -209,7 +214,7 @@ class BodyCheck:
         if not errors:
             return
         errors.sort(key=lambda e: self._rank(e))
-        error = _api_error(errors[0], schema, self.field_codes)
+        error = _api_error(errors[0], schema, self.field_codes, body)
         if self.code is not None:
             error.code = self.code
         raise error
@@ -230,24 +235,27 @@ def _drop_nulls(body: dict[str, Any], schema: shapes.Schema) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None or k in required}
 
 
-def _api_error(e: Any, schema: shapes.Schema, field_codes: dict[str, str]) -> ApiError:
+def _api_error(
+    e: Any, schema: shapes.Schema, field_codes: dict[str, str], body: Any = None
+) -> ApiError:
     kind = type(e.kind).__name__
-    where = _where(e.instance_path)
+    where = _where(e.instance_path, body)
     if kind == "AdditionalProperties":
-        name = _where([*e.instance_path, e.kind.unexpected[0]])
+        name = _where([*e.instance_path, e.kind.unexpected[0]], body)
         return ApiError(400, "unknown_field", f"{name}: unknown field")
     if kind == "Required":
-        name = _where([*e.instance_path, e.kind.property])
+        name = _where([*e.instance_path, e.kind.property], body)
         return ApiError(400, "missing_field", f"{name}: is required")
     sub = _subschema(schema, e.schema_path)
-    alternatives = [r for b in sub.get("oneOf", []) for r in b.get("required", [])]
-    if kind == "OneOfNotValid" and alternatives:  # shapes.exactly_one_of: none given
-        name = _where([*e.instance_path, alternatives[0]])
+    branches = sub.get("anyOf" if kind == "AnyOf" else "oneOf", [])
+    alternatives = [r for b in branches if isinstance(b, dict) for r in b.get("required", [])]
+    if kind in ("OneOfNotValid", "AnyOf") and alternatives:  # none of the alternatives given
+        name = _where([*e.instance_path, alternatives[0]], body)
         others = ", ".join(alternatives[1:])
         return ApiError(400, "missing_field", f"{name}: is required (or one of {others})")
     if kind == "OneOfMultipleValid" and alternatives:
-        given = [a for a in alternatives if a in e.instance]
-        name = _where([*e.instance_path, given[-1]])
+        given = [a for a in alternatives if e.instance.get(a) is not None]
+        name = _where([*e.instance_path, given[-1]], body)
         return ApiError(400, "invalid_field", f"{name}: give only one of {', '.join(given)}")
     code = field_codes.get(e.instance_path[0], "invalid_field") if e.instance_path else None
     if code is None:
@@ -255,10 +263,17 @@ def _api_error(e: Any, schema: shapes.Schema, field_codes: dict[str, str]) -> Ap
     return ApiError(400, code, f"{where or 'body'}: {_explain(e, sub)}")
 
 
-def _where(path: Any) -> str:
-    out = ""
+def _where(path: Any, instance: Any = None) -> str:
+    """A field's name as errors give it: `media.caption`, `mentions[0]` (an object key that
+    looks like a number is still a key: the instance says which it is)."""
+    out, node = "", instance
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(node, list) or (node is None and isinstance(part, int)):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and isinstance(part, int) else None
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(str(part)) if isinstance(node, dict) else None
     return out
 
 
@@ -286,6 +301,8 @@ _TYPE_NAMES = {
 
 def _explain(e: Any, sub: shapes.Schema) -> str:
     kind = type(e.kind).__name__
+    if kind == "Type" and sub.get("type") == "null" and "description" in sub:
+        return sub["description"]  # shapes.forbidden: a field this case does not take
     if kind == "Type":
         types = sub.get("type", [])
         types = [types] if isinstance(types, str) else [t for t in types if t != "null"]

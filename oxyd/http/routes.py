@@ -1,26 +1,21 @@
-"""HTTP API v1 handlers (design §6): probes, tenants, pairing, tokens, health, simulation.
+"""HTTP API v1 handlers (design §6): probes, tenants and their tokens.
 
 Thin: each route's Operation validates its input (operation.py), the handler calls the
-supervisor or store and answers. Messages and chats are in
-routes_data.py, the webhook in routes_webhook.py.
+supervisor or store and answers. Pairing is in routes_pairing.py, health and backups in
+routes_operator.py, messages and chats in routes_data.py, the webhook in routes_webhook.py,
+sending in sending.py, the simulator in simulate.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import io
 import json
 import secrets
 import time
 
 from aiohttp import web
 
-from oxyd import backup
-from oxyd.engine import EngineError, NotConnected
 from oxyd.http import shapes as s
-from oxyd.http.access import tenant_id
-from oxyd.http.inputs import body_limit_bytes, parse_json_object, read_limited
 from oxyd.http.keys import APP, TOKEN_TENANT
 from oxyd.http.operation import Input, operation
 from oxyd.http.page import close_tenant_streams
@@ -59,11 +54,6 @@ READY = s.json_response(
         ("status", "checks"),
         closed=False,
     )
-)
-# What pair() accepts: leading +, spaces anywhere, 6 to 15 digits.
-PHONE = s.string(
-    pattern=r"^\+*( *[0-9]){6,15} *$",
-    description="must be 6 to 15 digits in international format",
 )
 TENANT_ACTION = dict(ok=(202, TENANT_OK), errors=(409,))
 
@@ -240,76 +230,6 @@ async def restart_tenant(request: web.Request, inp: Input) -> web.Response:
     return ok(await request.app[APP].supervisor.restart_tenant(inp.tenant, limited=True), 202)
 
 
-# ---- pairing ----
-
-
-@operation(
-    table.post,
-    "/v1/tenants/{id}/pair",
-    "Start pairing; then GET .../pairing",
-    body=s.obj({"phone": s.nullable(PHONE)}),
-    body_required=False,
-    **TENANT_ACTION,
-)
-async def pair(request: web.Request, inp: Input) -> web.Response:
-    phone = inp.body.get("phone")
-    if phone is not None:
-        phone = phone.lstrip("+").replace(" ", "")
-        if not 6 <= len(phone) <= 15:
-            raise ApiError(
-                400, "invalid_field", "phone: must be 6 to 15 digits in international format"
-            )
-    return ok(await request.app[APP].supervisor.pair(inp.tenant, phone), 202)
-
-
-def _wants_png(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "image/png" in accept and "application/json" not in accept
-
-
-PAIRING = s.obj(
-    {"qr": s.nullable(s.STR), "code": s.nullable(s.STR), "expires_ms": s.MS},
-    ("qr", "code", "expires_ms"),
-    closed=False,
-)
-
-
-@operation(
-    table.get,
-    "/v1/tenants/{id}/pairing",
-    "The current QR payload or phone code",
-    ok=(
-        200,
-        {
-            "description": "JSON, or the QR as PNG with Accept: image/png",
-            "content": {
-                "application/json": {"schema": PAIRING},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-    ),
-    errors=(404,),
-)
-async def pairing(request: web.Request, inp: Input) -> web.StreamResponse:
-    info = request.app[APP].supervisor.pairing(inp.tenant)
-    if _wants_png(request):
-        if not info["qr"]:
-            raise ApiError(404, "no_qr", "no QR code to show: start pairing first")
-        import segno
-
-        buf = io.BytesIO()
-        segno.make(info["qr"], error="l").save(buf, kind="png", scale=6, border=4)
-        return web.Response(
-            body=buf.getvalue(), content_type="image/png", headers={"Cache-Control": "no-store"}
-        )
-    return ok({"qr": info["qr"], "code": info["code"], "expires_ms": info["expires_ms"]})
-
-
-@operation(table.post, "/v1/tenants/{id}/logout", "Unlink the device", **TENANT_ACTION)
-async def logout(request: web.Request, inp: Input) -> web.Response:
-    return ok(await request.app[APP].supervisor.logout(inp.tenant), 202)
-
-
 # ---- tokens ----
 
 
@@ -344,99 +264,3 @@ async def revoke_tokens(request: web.Request, inp: Input) -> web.Response:
     revoked = await request.app[APP].store.revoke_tokens(inp.tenant)
     close_tenant_streams(request.app, inp.tenant)  # revocation is immediate, open streams included
     return ok({"revoked": revoked})
-
-
-# ---- health and backups ----
-
-HEALTH = s.obj(
-    {
-        "checked_at_ms": s.INT,
-        "total": s.INT,
-        "healthy": s.INT,
-        "reconnected": s.INT,
-        "failed": s.INT,
-        "alerts": s.array({"type": "object"}),
-    },
-    ("checked_at_ms", "total", "healthy", "reconnected", "failed", "alerts"),
-    closed=False,
-)
-
-
-@operation(
-    table.get,
-    "/v1/health",
-    "The last health sweep",
-    access="admin",
-    ok=(200, s.json_response(HEALTH)),
-)
-async def health(request: web.Request, inp: Input) -> web.Response:
-    app = request.app[APP]
-    jobs = app.extras.get("jobs")
-    if jobs is not None and jobs.last_health is not None:
-        return ok(jobs.last_health)  # the sweep plus never-paired tenants past retention
-    # Before the first scheduled sweep, run one so the answer is never empty.
-    return ok(app.supervisor.last_health or await app.supervisor.health_sweep())
-
-
-BACKUP = s.obj(
-    {"name": s.STR, "path": s.STR, "size_bytes": s.INT, "created_at_ms": s.INT},
-    ("name",),
-    closed=False,
-)
-
-
-@operation(
-    table.post,
-    "/v1/backups",
-    "Take an encrypted backup now (needs OXYD_BACKUP_KEY or backup.key_file)",
-    access="admin",
-    ok=(201, s.json_response(BACKUP)),
-    errors=(409,),
-)
-async def make_backup(request: web.Request, inp: Input) -> web.Response:
-    app = request.app[APP]
-    jobs = app.extras.get("jobs")
-    if jobs is None or jobs._make_backup is None:
-        raise ApiError(
-            409, "backups_not_configured", "no backup key: set OXYD_BACKUP_KEY or backup.key_file"
-        )
-    path = await jobs.backup_now()
-    listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
-    entry = next((b for b in listing if b["name"] == path.name), {"name": path.name})
-    return ok({k: (str(v) if k == "path" else v) for k, v in entry.items()}, 201)
-
-
-@operation(
-    table.get,
-    "/v1/backups",
-    "Encrypted backups in the data directory, newest first",
-    access="admin",
-    ok=(200, s.json_response(s.obj({"backups": s.array(BACKUP)}, ("backups",), closed=False))),
-)
-async def list_backups(request: web.Request, inp: Input) -> web.Response:
-    app = request.app[APP]
-    listing = await asyncio.to_thread(backup.list_backups, app.cfg.data_dir)
-    return ok(
-        {"backups": [{k: (str(v) if k == "path" else v) for k, v in b.items()} for b in listing]}
-    )
-
-
-# Converted to an Operation once every simulator action of this wave has landed (its
-# variants are a tagged union: an action without a variant would be refused).
-@table.post("/v1/tenants/{id}/simulate")
-async def simulate(request: web.Request) -> web.Response:
-    from oxyd.simulator.engine import SimulationError
-
-    tid = tenant_id(request)
-    app = request.app[APP]
-    raw = await read_limited(request, body_limit_bytes(request))
-    body = parse_json_object(raw, required=True)
-    try:
-        result = await app.supervisor.simulate(tid, body)
-    except SimulationError as e:
-        raise ApiError(400, "invalid_action", str(e)) from None
-    except NotConnected as e:
-        raise ApiError(409, "not_connected", str(e) or "tenant is not connected") from None
-    except EngineError as e:
-        raise ApiError(409, "engine_error", str(e)) from None
-    return ok({"ok": True, **result}, 202)

@@ -16,14 +16,16 @@ import time
 from aiohttp import web
 
 from oxyd.cluster import archive, handover
-from oxyd.http.access import require_admin, tenant_id
+from oxyd.http import shapes as s
 from oxyd.http.keys import APP
+from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError
-from oxyd.model import valid_tenant_id
 from oxyd.store import tenant_rows
 
 table = web.RouteTableDef()
 CONTENT_TYPE = "application/x-tar"
+TAR = {CONTENT_TYPE: {"schema": s.string(fmt="binary")}}
+SHA_HEADER = "X-Oxyd-Archive-Sha256"
 
 
 def _node(request: web.Request) -> int | None:
@@ -31,11 +33,17 @@ def _node(request: web.Request) -> int | None:
     return None if node is None else node.me
 
 
-@table.get("/v1/tenants/{id}/archive")
-async def export_archive(request: web.Request) -> web.StreamResponse:
+@operation(
+    table.get,
+    "/v1/tenants/{id}/archive",
+    "Export the tenant's archive (its client pauses while the snapshot is taken)",
+    access="admin",
+    ok=(200, {"description": "The archive", "content": TAR}),
+)
+async def export_archive(request: web.Request, inp: Input) -> web.StreamResponse:
     """Stops the tenant's client for the moment the snapshot takes, then starts it again."""
-    require_admin(request)
-    tid = tenant_id(request)
+    tid = inp.tenant
+    assert tid is not None
     app = request.app[APP]
     path = handover.work_dir(app, "out", f"{tid}.{time.time_ns()}.export.tar")
     runner = await handover.detach(app, tid)
@@ -66,13 +74,22 @@ async def export_archive(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(os.unlink, path)
 
 
-@table.put("/v1/tenants/{id}/archive")
-async def import_archive(request: web.Request) -> web.Response:
+@operation(
+    table.put,
+    "/v1/tenants/{id}/archive",
+    "Import a tenant archive (made by GET .../archive or a cluster move) and start it",
+    access="admin",
+    ok=(201, s.json_response(s.ref("Tenant"), "The tenant object")),
+    errors=(409,),
+    tenant_exists=False,
+    raw_body=True,
+    request_content=TAR,
+    headers={SHA_HEADER: s.string(description="the archive's sha256 (hex): a mismatch is 400")},
+)
+async def import_archive(request: web.Request, inp: Input) -> web.Response:
     """201 with the tenant object, started; 409 when the tenant exists here."""
-    require_admin(request)
-    tid = request.match_info["id"]
-    if not valid_tenant_id(tid):
-        raise ApiError(400, "invalid_tenant_id", "tenant ids match ^[a-z0-9][a-z0-9_-]{0,62}$")
+    tid = inp.tenant
+    assert tid is not None
     app = request.app[APP]
     if tid in app.supervisor.runners:
         raise ApiError(409, "tenant_exists", f"tenant {tid!r} exists already")
@@ -80,7 +97,7 @@ async def import_archive(request: web.Request) -> web.Response:
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
     try:
         sha = await save_body(request, path)
-        want = request.headers.get("X-Oxyd-Archive-Sha256")
+        want = inp.headers.get(SHA_HEADER)
         if want and want.lower() != sha:
             raise ApiError(400, "invalid_archive", "the body's sha256 differs from the header's")
         data = await handover.import_archive(app, tid, path)

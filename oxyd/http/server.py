@@ -22,9 +22,12 @@ from oxyd.http import (
     routes,
     routes_archive,
     routes_data,
+    routes_operator,
+    routes_pairing,
     routes_webhook,
     sending,
     settings,
+    simulate,
 )
 from oxyd.http.access import auth
 from oxyd.http.keys import APP
@@ -52,6 +55,9 @@ def make_app(app: App) -> web.Application:
     web_app[metrics.METRICS] = registry
     web_app[routes.LIST_CACHE] = list_cache
     web_app.add_routes(routes.table)
+    web_app.add_routes(routes_pairing.table)
+    web_app.add_routes(routes_operator.table)
+    web_app.add_routes(simulate.table)
     page.setup(web_app)  # GET /, GET /v1/events, and ends event streams at shutdown
     web_app.add_routes(routes_data.table)
     web_app.add_routes(routes_webhook.table)

@@ -144,6 +144,36 @@ def tagged(tag: str, variants: dict[str, Schema]) -> Schema:
     }
 
 
+# The characters Python's str.isspace() (and so str.strip()) knows, spelled out: JSON Schema's
+# `\s` is ECMA's, which adds U+FEFF and lacks U+001C..U+001F, so it would not say the same.
+SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{SPACE}]"  # a pattern: some character that is not a space
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+
+
+def text(max_length: int, *, pattern: str = NOT_BLANK, description: str | None = None) -> Schema:
+    """A string of 1 to max_length characters that is not only spaces."""
+    return string(
+        min_length=1,
+        max_length=max_length,
+        pattern=pattern,
+        description=description or f"must be 1 to {max_length} characters",
+    )
+
+
+def base64(*, empty: bool = False, description: str = "the file, base64") -> Schema:
+    """Standard base64 with its padding, as base64.b64decode(validate=True) reads it."""
+    pattern = BASE64_PATTERN[:-1] + "?$" if empty else BASE64_PATTERN
+    schema = string(pattern=pattern, description="must be valid base64 (" + description + ")")
+    schema["contentEncoding"] = "base64"
+    return schema
+
+
+def forbidden(description: str) -> Schema:
+    """For a field that must be left out (or null) in some case; `description` is the error."""
+    return {"type": "null", "description": description}
+
+
 INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
 MS = {"type": ["integer", "null"]}
 
