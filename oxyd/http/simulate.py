@@ -17,9 +17,9 @@ from oxyd.http.keys import APP
 from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.simulator.actions import SimulationError
-from oxyd.simulator.engine import MAX_COUNT, MAX_RECEIPT_IDS
 from oxyd.simulator.media import MAX_GENERATED_BYTES, TYPES
 from oxyd.simulator.people import MAX_PHONES
+from oxyd.simulator.session import MAX_COUNT, MAX_RECEIPT_IDS
 
 table = web.RouteTableDef()
 
@@ -111,6 +111,8 @@ VARIANTS: dict[str, tuple[dict[str, s.Schema], tuple[str, ...]]] = {
         },
         ("phone",),
     ),
+    # a resend keeps its WhatsApp id (like neonize: False) / the server's answers are lost
+    "send_mode": ({"new_ids": s.BOOL, "lose_answers": s.BOOL}, ()),
     "offline": ({}, ()),
     "online": ({}, ()),
     "sent_log": ({}, ()),
