@@ -121,10 +121,6 @@ async def build(
     # download is redone at the next start).
     app.extras.setdefault("on_start", []).append(media.start)
     app.extras.setdefault("on_stop", []).append(media.stop)
-    if cfg.cluster.enabled:
-        from oxyd.cluster import node
-
-        await node.attach(app)  # before any tenant starts: it decides which ones may
     return app
 
 

@@ -15,6 +15,7 @@ from loguru import logger
 
 from oxyd import backup, dirlock, preflight
 from oxyd.app import App, build, start, stop
+from oxyd.cluster import wiring as cluster
 from oxyd.config import EXIT_CONFIG, Config
 from oxyd.http import server as http
 from oxyd.jobs import Jobs
@@ -90,6 +91,8 @@ async def _run_locked(cfg: Config, socks: list, stop_event: asyncio.Event, key, 
 
 
 async def _serve(cfg: Config, app: App, socks: list, stop_event, key, notifier) -> int:
+    if cfg.cluster.enabled:
+        await cluster.attach(app)  # before any tenant starts: it decides which ones may
     await start(app)
     make_backup = None
     if key is not None:

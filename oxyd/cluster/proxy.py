@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.streams import StreamReader
 
-from oxyd.cluster import merge
+from oxyd.cluster import events, merge
 from oxyd.cluster.node import RETRY_AFTER_S, Node
 from oxyd.cluster.peers import FROM_HEADER, HOPS_HEADER, SCOPE_HEADER
 from oxyd.http.inputs import body_limit_bytes, read_limited
@@ -68,8 +68,6 @@ def middleware(node: Node):
             if request.method == "POST":
                 return await route_create(node, request, handler)
         if path == "/v1/events" and request.method == "GET":
-            from oxyd.cluster import events
-
             return await events.events(node, request)
         if path == "/v1/health" and request.method == "GET":
             return await merge.health(node, request, handler)
