@@ -13,14 +13,18 @@ from typing import Any
 
 from loguru import logger
 
-from oxyd import datadir
+from oxyd import datadir, log
 from oxyd.clock import Clock, RealClock
 from oxyd.config import Config
 from oxyd.destinations import Guard
 from oxyd.engine import Engine
+from oxyd.media import kept
+from oxyd.media.downloader import Downloads
+from oxyd.model import State
 from oxyd.simulator.engine import SimulatorEngine
 from oxyd.store import outbox
 from oxyd.store.db import Store
+from oxyd.store.media import MediaTable
 from oxyd.store.writer import Writer
 from oxyd.supervision.supervisor import Supervisor
 from oxyd.webhooks import Dispatcher
@@ -87,8 +91,6 @@ async def build(
         os.environ.get("OXYD_ADMIN_TOKEN"),
         cfg.http.admin_token_file,
     )
-    from oxyd import log
-
     log.redact(token)
     log.redact(cfg.webhooks.secret)
     logger.info("admin token from {}", source)
@@ -125,11 +127,6 @@ async def build(
 
 
 def _media_downloads(cfg, store, subs, clock, sup, writer, disp):
-    from oxyd.media import kept
-    from oxyd.media.downloader import Downloads
-    from oxyd.model import State
-    from oxyd.store.media import MediaTable
-
     def client_of(tenant_id: str):
         r = sup.runners.get(tenant_id)
         return None if r is None else (r.client, r.t.state is State.CONNECTED)

@@ -19,6 +19,7 @@ from oxyd.cluster import wiring as cluster
 from oxyd.config import EXIT_CONFIG, Config
 from oxyd.http import server as http
 from oxyd.jobs import Jobs
+from oxyd.media import retention
 from oxyd.notify import Notifier
 
 
@@ -133,8 +134,6 @@ async def _serve(cfg: Config, app: App, socks: list, stop_event, key, notifier) 
 
 
 async def _media_sweep(app: App) -> dict:
-    from oxyd.media import retention
-
     downloads = app.extras["media"]
     return await retention.sweep(
         app.cfg.media, app.cfg.data_dir, downloads.table, downloads, app.clock

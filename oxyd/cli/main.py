@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from oxyd import __version__
+from oxyd import __version__, log
+from oxyd.cli import backup, client
 from oxyd.config import EXIT_CONFIG, ConfigError, load
 
 
@@ -23,24 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.set_defaults(handler=_check_config)
-    for module in _plugins():
-        module.register(sub)
+    # Subcommands that live with the module that implements them.
+    client.register(sub)
+    backup.register(sub)
     return p
 
 
-def _plugins() -> list:
-    """Subcommands that live with the module that implements them."""
-    mods = []
-    for name in ("oxyd.cli.client", "oxyd.cli.backup"):
-        try:
-            mods.append(__import__(name, fromlist=["register"]))
-        except ImportError:
-            continue
-    return [m for m in mods if hasattr(m, "register")]
-
-
 def _run(args: argparse.Namespace, cfg) -> int:
-    from oxyd import daemon, log
+    from oxyd import daemon
 
     log.setup(cfg.log.level, cfg.log.format)
     try:
@@ -124,8 +115,6 @@ def _main(argv: Sequence[str]) -> int:
         _config_errors(e.errors)
         return EXIT_CONFIG
     if getattr(args, "daemon_logging", False):
-        from oxyd import log
-
         log.setup(cfg.log.level, cfg.log.format)
     return args.handler(args, cfg)
 

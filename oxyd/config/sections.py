@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from oxyd.config.checks import ConfigError, _check
+from oxyd.proxy import mask as mask_proxy
+from oxyd.proxy import proxy_error
 
 SECRET_KEYS = {"webhooks.secret"}
 WEBHOOK_EVENTS = (
@@ -327,8 +329,6 @@ class NeonizeConfig:
     recycle_rss_mb: float | None = None
 
     def validate(self, p: str) -> None:
-        from oxyd.proxy import proxy_error
-
         _check(0 <= self.hosts <= 256, f"{p}.hosts", "must be between 0 and 256")
         _check(self.tenants_per_host >= 1, f"{p}.tenants_per_host", "must be at least 1")
         if self.proxy is not None:
@@ -368,8 +368,6 @@ class Config:
                 if mask and f"{f.name}.{k}" in SECRET_KEYS and v:
                     v = "***"
                 if mask and f"{f.name}.{k}" == "neonize.proxy" and v:
-                    from oxyd.proxy import mask as mask_proxy
-
                     v = mask_proxy(v)
                 sec[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
             out[f.name] = sec

@@ -27,6 +27,7 @@ from typing import Any
 
 from oxyd.model import Event
 from oxyd.neonize import wire
+from oxyd.neonize.engine import NeonizeEngine
 
 log = logging.getLogger("oxyd.neonize.host")
 
@@ -78,8 +79,6 @@ class _In(asyncio.Protocol):
 
 class HostServer:
     def __init__(self, data_dir: pathlib.Path, options: dict[str, Any]) -> None:
-        from oxyd.neonize.engine import NeonizeEngine
-
         self.engine = NeonizeEngine(
             data_dir,
             max_tenants=int(options.get("tenants", 64)),
