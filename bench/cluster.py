@@ -18,105 +18,51 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 from oxyd.cluster.ring import owner
 
-TOKEN = "bench-admin-token-0123456789abcdef"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cluster_helpers import TOKEN, free_cluster_port
+from cluster_helpers import Node as ClusterNode
+
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def host(n: int) -> str:
-    return f"127.0.0.1{n}"
+class Node(ClusterNode):
+    """The e2e tests' node (tests/cluster_helpers.py: one copy of the start-up code), with this
+    bench's settings: quiet logs, moves retried every second, the daemon's own grace periods."""
 
-
-def free_port(nodes: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            for n in range(nodes):
-                with socket.socket() as s:
-                    s.bind((host(n), port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no common free port")
-
-
-class Node:
     def __init__(self, root: Path, n: int, port: int) -> None:
-        self.root, self.n, self.port = root, n, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, nodes: int) -> None:
-        token = self.root / "cluster.token"
-        token.write_text("bench-cluster-secret-0123456789abcdef\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OXYD_")}
-        env.update(
-            OXYD_DATA_DIR=str(self.root / f"node{self.n}"),
-            OXYD_HTTP_HOST=host(self.n),
-            OXYD_HTTP_PORT=str(self.port),
-            OXYD_ADMIN_TOKEN=TOKEN,
+        super().__init__(
+            root,
+            n,
+            port,
             OXYD_LOG_LEVEL="WARNING",
-            OXYD_CLUSTER_NODES=str(nodes),
-            OXYD_CLUSTER_NODE=str(self.n),
-            OXYD_CLUSTER_PEER_URL=f"http://127.0.0.1{{n}}:{self.port}",
-            OXYD_CLUSTER_TOKEN_FILE=str(token),
             OXYD_CLUSTER_MOVE_INTERVAL_S="1",
+            OXYD_CLUSTER_PEER_TIMEOUT_S="5",
+            OXYD_SUPERVISOR_STOP_GRACE_S="10",
         )
-        log = open(self.root / f"node{self.n}.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.get("/readyz")[0] == 200:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"node {self.n} did not start")
 
-    def url(self, path: str) -> str:
-        return f"http://{host(self.n)}:{self.port}{path}"
-
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, object]:
-        req = urllib.request.Request(self.url(path), headers={**AUTH, **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except Exception:
-            return 0, None
+    def start(self, nodes: int) -> None:  # type: ignore[override]
+        super().start(nodes, wait=False)
+        self.wait_up(timeout_s=120)
 
     def post(self, path: str, body: dict) -> int:
-        req = urllib.request.Request(
-            self.url(path),
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={**AUTH, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status
+        return self.call("POST", path, body, timeout_s=120)[0]
 
     def local(self) -> dict[str, dict]:
-        code, body = self.get("/v1/tenants", {"X-Oxyd-Scope": "node"})
+        code, body, _ = self.call("GET", "/v1/tenants", headers={"X-Oxyd-Scope": "node"})
         return {t["id"]: t for t in body["tenants"]} if code == 200 else {}
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(120)
+    def stop(self) -> None:  # type: ignore[override]
+        super().stop(timeout_s=120)  # a node with a million messages takes a while to drain
 
 
 def pct(values: list[float], p: float) -> float:
@@ -164,7 +110,7 @@ def main() -> int:
     if args.quick:
         args.tenants, args.messages, args.requests = 10, 2000, 500
     root = Path(tempfile.mkdtemp(prefix="oxyd-bench-cluster-"))
-    port = free_port(2)
+    port = free_cluster_port(2)
     nodes = [Node(root, 0, port), Node(root, 1, port)]
     load_before = os.getloadavg()
     figures: dict = {"tenants": args.tenants, "messages_each": args.messages}

@@ -1,5 +1,6 @@
 """Real `oxyd run` processes as cluster nodes on 127.0.0.1x (one loopback address per node,
-all on one port: the peer URL template is then http://127.0.0.1{n}:PORT)."""
+all on one port: the peer URL template is then http://127.0.0.1{n}:PORT). bench/cluster.py
+starts its nodes with this module too."""
 
 from __future__ import annotations
 
@@ -51,21 +52,19 @@ class Node:
         token_file = self.root / "cluster.token"
         if not token_file.exists():
             token_file.write_text("cluster-secret-e2e-0123456789abcdef\n")
-        env = oxyd_env(
-            self.data_dir,
-            self.port,
-            TOKEN,
-            OXYD_HTTP_HOST=host(self.n),
-            OXYD_CLUSTER_NODES=str(nodes),
-            OXYD_CLUSTER_NODE=str(self.n),
-            OXYD_CLUSTER_PEER_URL=f"http://127.0.0.1{{n}}:{self.port}",
-            OXYD_CLUSTER_TOKEN_FILE=str(token_file),
-            OXYD_CLUSTER_MOVE_INTERVAL_S="0.5",
-            OXYD_CLUSTER_PEER_TIMEOUT_S="2",
-            OXYD_SIMULATOR_PAIR_AFTER_MS="300",
-            OXYD_SUPERVISOR_STOP_GRACE_S="3",
-            **self.env,
-        )
+        settings = {
+            "OXYD_HTTP_HOST": host(self.n),
+            "OXYD_CLUSTER_NODES": str(nodes),
+            "OXYD_CLUSTER_NODE": str(self.n),
+            "OXYD_CLUSTER_PEER_URL": f"http://127.0.0.1{{n}}:{self.port}",
+            "OXYD_CLUSTER_TOKEN_FILE": str(token_file),
+            "OXYD_CLUSTER_MOVE_INTERVAL_S": "0.5",
+            "OXYD_CLUSTER_PEER_TIMEOUT_S": "2",
+            "OXYD_SIMULATOR_PAIR_AFTER_MS": "300",
+            "OXYD_SUPERVISOR_STOP_GRACE_S": "3",
+        }
+        # The node's own env (Node(..., **env)) wins: bench/cluster.py sets its own timings.
+        env = oxyd_env(self.data_dir, self.port, TOKEN, **{**settings, **self.env})
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
