@@ -333,7 +333,7 @@ class Tenant:
     messages_stored: int = 0
     queue_depth: int = 0
     extra: dict = field(default_factory=dict)
-    # Per-tenant settings (PATCH /v1/tenants/{id}): see oxyd/settings.py.
+    # Per-tenant settings (PATCH /v1/tenants/{id}): see oxyd/http/settings.py.
     settings: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
