@@ -12,7 +12,7 @@ from oxyd.http.keys import APP
 from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
 from oxyd.people import People
-from oxyd.store.db import cursor_pattern
+from oxyd.store.cursors import cursor_pattern
 from oxyd.store.directory import CONTACTS_CURSOR
 
 table = web.RouteTableDef()

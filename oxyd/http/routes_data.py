@@ -8,7 +8,7 @@ from oxyd.http import shapes as s
 from oxyd.http.keys import APP
 from oxyd.http.operation import Input, operation
 from oxyd.http.replies import ApiError, ok
-from oxyd.store.db import CHATS_CURSOR, MESSAGES_CURSOR, cursor_pattern
+from oxyd.store.cursors import CHATS_CURSOR, MESSAGES_CURSOR, cursor_pattern
 
 table = web.RouteTableDef()
 

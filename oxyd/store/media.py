@@ -15,7 +15,9 @@ from typing import Any
 from oxyd.config import MediaConfig
 from oxyd.model import Message
 from oxyd.store import outbox
-from oxyd.store.db import MESSAGE_COLS, OUTBOX_INSERT, Store, message_json
+from oxyd.store.db import Store
+from oxyd.store.message_queries import MESSAGE_COLS, message_json
+from oxyd.store.outbox import OUTBOX_INSERT
 
 PENDING, STORED, FAILED, SKIPPED = "pending", "stored", "failed", "skipped"
 # Media.ref of media oxyd sent itself and kept a copy of (never an engine's reference: the

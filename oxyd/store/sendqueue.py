@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from oxyd.outgoing import Outgoing
-from oxyd.store.db import OUTBOX_INSERT, Store
+from oxyd.store.db import Store
+from oxyd.store.outbox import OUTBOX_INSERT
 
 QUEUED, SENT, FAILED, CANCELLED, REVOKED = "queued", "sent", "failed", "cancelled", "revoked"
 _COLS = (
