@@ -115,20 +115,63 @@ def oxyd_env(
 
 
 DAEMON_TOKEN = "test-admin-token-0123456789"
+# `python -m oxyd` whose engine "neonize" is a second simulator (oxyd.app.make_engines patched)
+# and whose sockets reach loopback addresses only: webhook URLs a test draws point anywhere.
+_NEONIZE_SIMULATED = """
+import errno, ipaddress, runpy, socket, sys
+import oxyd.app
+from oxyd.simulator.engine import SimulatorEngine
+
+def make_engines(cfg, clock, neonize_tenants=0):
+    return {name: SimulatorEngine(cfg.data_dir, cfg.simulator, clock)
+            for name in ("simulator", "neonize")}
+
+def loopback(host):
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+def guard(connect):
+    def connect_loopback(sock, address):
+        if sock.family != socket.AF_UNIX and not loopback(address[0]):
+            raise OSError(errno.ENETUNREACH, "test daemon: loopback only")
+        return connect(sock, address)
+    return connect_loopback
+
+def getaddrinfo(host, *args, _real=socket.getaddrinfo, **kw):
+    if host is not None and not loopback(host):
+        raise socket.gaierror(socket.EAI_NONAME, "test daemon: loopback only")
+    return _real(host, *args, **kw)
+
+socket.socket.connect = guard(socket.socket.connect)
+socket.socket.connect_ex = guard(socket.socket.connect_ex)
+socket.getaddrinfo = getaddrinfo
+oxyd.app.make_engines = make_engines
+sys.argv[0] = "oxyd"
+runpy.run_module("oxyd", run_name="__main__")
+"""
 
 
 @contextlib.contextmanager
-def oxyd_daemon(tmp_path: Path, up_s: float = 30.0) -> Iterator[dict]:
+def oxyd_daemon(
+    tmp_path: Path, up_s: float = 30.0, *, simulated_neonize: bool = False
+) -> Iterator[dict]:
     """A real `oxyd run` process on a free port with the admin token DAEMON_TOKEN, up (its
     /healthz answers) when this yields {"url", "env", "data", "token"}. Its log is
-    tmp_path/daemon.log; it gets SIGTERM at the end (SIGKILL after 30 s)."""
+    tmp_path/daemon.log; it gets SIGTERM at the end (SIGKILL after 30 s).
+
+    `simulated_neonize`: the engine named neonize is a simulator too and the process reaches
+    loopback addresses only, for tests that make tenants, webhooks and proxies they do not
+    choose (a real neonize tenant would dial WhatsApp, a webhook its URL)."""
     port = free_port()
     env = oxyd_env(tmp_path / "data", port, DAEMON_TOKEN, OXYD_LOG_LEVEL="WARNING")
+    argv = [sys.executable, "-m", "oxyd", "run"]
+    if simulated_neonize:
+        argv[1:3] = ["-c", _NEONIZE_SIMULATED]
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oxyd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + up_s

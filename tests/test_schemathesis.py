@@ -18,11 +18,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import oxyd_daemon
 
 pytestmark = pytest.mark.e2e
 
 EXCLUDED = ("/v1/events", "/v1/tenants/{id}/archive")
 BUDGET_S = 75
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """Its neonize engine is a simulator: schemathesis makes and pairs tenants of any engine,
+    and a real neonize tenant would dial WhatsApp (tests talk to 127.0.0.1 only)."""
+    with oxyd_daemon(tmp_path, simulated_neonize=True) as running:
+        yield running
 
 
 def test_every_check_passes_against_the_live_daemon(daemon, tmp_path):
@@ -44,6 +53,11 @@ def test_every_check_passes_against_the_live_daemon(daemon, tmp_path):
     argv += ["--max-response-time", "35"]
     for path in EXCLUDED:
         argv += ["--exclude-path", path]
+    # DELETE .../messages/{msg_id} cancels or revokes a message that stays readable with that
+    # status (design §12), DELETE .../groups/{jid}/invite resets the link (§13): both are 200
+    # afterwards, which use_after_free takes for a deleted resource still served. (A config
+    # file cannot turn a check off for one operation in the stateful phase.)
+    argv += ["--exclude-checks", "use_after_free"]
     r = subprocess.run(
         argv, capture_output=True, text=True, timeout=BUDGET_S + 60, cwd=tmp_path,
         env={**os.environ, "NO_COLOR": "1"},

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from oxyd import __version__
-from oxyd.http import components
+from oxyd.http import components, links
 from oxyd.http import shapes as s
 from oxyd.http.operation import Input, Operation, operation
 
@@ -118,6 +118,7 @@ def document(routes: Iterable[Any]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op, name in operations(routes):
         paths.setdefault(op.path, {})[op.method.lower()] = describe(op, name)
+    links.add(paths)
     return {
         "openapi": "3.1.0",
         "info": {
