@@ -61,7 +61,12 @@ MESSAGE = s.obj(
         "sent_at_ms": s.MS,
         "delivered_at_ms": s.MS,
         "read_at_ms": s.MS,
-        "error": s.nullable(s.STR),
+        "error": s.nullable(
+            s.string(
+                description="why it failed or was cancelled: `<code>: <sentence>` (outcome_unknown,"
+                " not_on_whatsapp, tenant_parked, send_failed, tenant_removed, ...)"
+            )
+        ),
     },
     ("id", "status", "chat", "kind"),
     closed=False,
