@@ -225,6 +225,10 @@ async def test_executor_sized_for_tenants_keeps_loop_responsive(tmp_path, tid, p
         c._start_session = pinned_session
         clients.append(c)
     lags: list[float] = []
+    # The same probe in a plain thread: on two shared cores the whole process can be held
+    # off the CPU for a while, and that delay shows in both. A loop blocked by a Go call
+    # (which releases the GIL) shows only in the loop's probe: the verdict is the difference.
+    control: list[float] = []
 
     async def probe():
         while not release.is_set():
@@ -232,15 +236,21 @@ async def test_executor_sized_for_tenants_keeps_loop_responsive(tmp_path, tid, p
             await asyncio.sleep(0.01)
             lags.append(time.monotonic() - t - 0.01)
 
+    def control_probe():
+        while not release.is_set():
+            t = time.monotonic()
+            time.sleep(0.01)
+            control.append(time.monotonic() - t - 0.01)
+
+    control_thread = threading.Thread(target=control_probe, daemon=True)
+    control_thread.start()
     prober = asyncio.ensure_future(probe())
     try:
         await asyncio.gather(*(c.connect() for c in clients))
         assert all(c.running for c in clients)
         assert engine.executor_size >= 30 + 16  # one thread per session plus room for calls
         # 30 pinned threads, and threaded work still runs (default pool: 6 threads).
-        t0 = time.monotonic()
-        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 2) == 42
-        assert time.monotonic() - t0 < 1
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
         # 30 more real offline connects on other tenants while the 30 sessions run.
         got: list = []
         real = [engine.client(f"{tid}-r{i}", got.append) for i in range(30)]
@@ -251,7 +261,10 @@ async def test_executor_sized_for_tenants_keeps_loop_responsive(tmp_path, tid, p
     finally:
         release.set()
         await prober
-    assert max(lags) < 0.25, max(lags)
+        await asyncio.to_thread(control_thread.join, 5)
+    # A Go call made on the loop would hold it for the call's length; a loop that only shares
+    # a busy machine lags no more than the control thread beside it.
+    assert max(lags) < 0.25 + max(control, default=0.0), (max(lags), max(control, default=0))
     assert await engine.close()
 
 
