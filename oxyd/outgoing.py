@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +23,15 @@ KINDS = ("text", *MEDIA_KINDS, "location", "contact", "poll", *REF_KINDS)
 MAX_CAPTION_CHARS = 1024
 
 
+# Ids must be unique, not unpredictable: one generator seeded from the OS per process, not
+# an os.urandom call (a syscall, slow on a VM) and a hash per queued message.
+_ids = random.Random(int.from_bytes(os.urandom(32), "big"))
+
+
 def new_wa_id() -> str:
-    """A message id in whatsmeow's format ("3EB0" + 18 upper-case hex digits of a hash of the
-    time and random bytes), chosen when a request is queued and reused on every attempt."""
-    seed = time.time_ns().to_bytes(8, "big") + os.urandom(16)
-    return "3EB0" + hashlib.sha256(seed).hexdigest()[:18].upper()
+    """A message id in whatsmeow's format ("3EB0" + 18 upper-case hex digits), chosen when a
+    request is queued and reused on every attempt."""
+    return f"3EB0{_ids.getrandbits(72):018X}"
 
 
 @dataclass(frozen=True, slots=True)
