@@ -104,6 +104,23 @@ sys.argv = ["oxyd", "run"]
 runpy.run_module("oxyd", run_name="__main__", alter_sys=True)
 """
 
+# --sqlite-cache-kib: the daemon runs with every SQLite connection's page cache set to that size
+# (`PRAGMA cache_size=-N`; SQLite's default is 2,000 KiB per connection, and the daemon keeps
+# three: writer, reader, outbox). The cache fills as the database grows: a run with a small
+# cache beside a default one says how much of a slow RSS rise is SQLite's cache filling.
+CACHE_DAEMON = r"""
+import os, runpy, sqlite3, sys
+kib = int(os.environ["SOAK_SQLITE_CACHE_KIB"])
+connect = sqlite3.connect
+def sized(*args, **kwargs):
+    con = connect(*args, **kwargs)
+    con.execute(f"PRAGMA cache_size=-{kib}")
+    return con
+sqlite3.connect = sized
+sys.argv = ["oxyd", "run"]
+runpy.run_module("oxyd", run_name="__main__", alter_sys=True)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -197,6 +214,9 @@ async def run(args) -> dict:
     # Popen forks and execs, it does not wait on the child.
     cmd = [sys.executable, "-m", "oxyd", "run"]
     trace_out = root / "tracemalloc.txt"
+    if args.sqlite_cache_kib is not None:
+        cmd = [sys.executable, "-c", CACHE_DAEMON]
+        env.update(SOAK_SQLITE_CACHE_KIB=str(args.sqlite_cache_kib))
     if args.tracemalloc:
         cmd = [sys.executable, "-c", TRACED_DAEMON]
         env.update(SOAK_TRACE_FRAMES=str(args.tracemalloc), SOAK_TRACE_OUT=str(trace_out))
@@ -388,6 +408,13 @@ def main() -> int:
     ap.add_argument("--log-level", default="INFO", help="the daemon's log level (INFO)")
     ap.add_argument("--quick", action="store_true", help="1 minute, 2 s samples")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--sqlite-cache-kib",
+        type=int,
+        default=None,
+        metavar="KIB",
+        help="set every SQLite connection's page cache of the daemon to KIB (default: SQLite's)",
+    )
     ap.add_argument(
         "--tracemalloc",
         type=int,
