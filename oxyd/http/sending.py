@@ -136,7 +136,7 @@ def _precheck(app: Any, body: dict[str, Any], size: int) -> None:
 @operation(
     table.post,
     "/v1/tenants/{id}/messages",
-    "Queue a message of any kind (design §12)",
+    "Queue a message of any kind",
     description="`to` and exactly one of text, media, location, contact, poll. After the"
     " schema: `reply_to` must be a message of this tenant in the same chat, a sticker must be"
     " a WebP image and a voice note audio that converts (else 400 naming the field); media"
