@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 
 import pytest
@@ -25,6 +26,33 @@ from oxyd.store.media import MediaTable
 from oxyd.store.writer import Writer
 
 import_neonize()
+
+
+@contextlib.asynccontextmanager
+async def image_downloads(tmp_path, tid, client):
+    """A store with one incoming image message of `tid` (wa id MEDIA1) and the downloader
+    started on it, every download through `client`: yields (media table, downloads)."""
+    store = await Store.open(tmp_path)
+    try:
+        subs = outbox.Subscriptions(None)
+        writer = Writer(store, RealClock(), subs)
+        writer.start()
+        msg = tr.message_from_event(
+            event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
+        )
+        await writer.put(tid, msg)
+        await writer.flush()
+        table = MediaTable(store, subs)
+        downloads = Downloads(MediaConfig(), tmp_path, table, RealClock(), lambda t: (client, True))
+        await downloads.start()
+        downloads.wake()
+        yield table, downloads
+        await downloads.stop()
+        await writer.stop()
+    finally:
+        await store.close()
+
+
 npb = pytest.importorskip("neonize.proto.Neonize_pb2")
 e2e = pytest.importorskip("neonize.proto.waE2E.WAWebProtobufsE2E_pb2")
 
@@ -167,20 +195,7 @@ async def test_download_without_a_session_is_a_clear_retryable_failure(tmp_path)
         await client.request_media_reupload(ref, ANN, ANN, "X", False)
 
     # through the downloader: the row stays pending, no attempt spent, retried later
-    store = await Store.open(tmp_path)
-    try:
-        subs = outbox.Subscriptions(None)
-        writer = Writer(store, RealClock(), subs)
-        writer.start()
-        msg = tr.message_from_event(
-            event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
-        )
-        await writer.put(tid, msg)
-        await writer.flush()
-        table = MediaTable(store, subs)
-        downloads = Downloads(MediaConfig(), tmp_path, table, RealClock(), lambda t: (client, True))
-        await downloads.start()
-        downloads.wake()
+    async with image_downloads(tmp_path, tid, client) as (table, _):
 
         async def waiting():
             job = await table.by_wa_id(tid, "MEDIA1")
@@ -189,10 +204,6 @@ async def test_download_without_a_session_is_a_clear_retryable_failure(tmp_path)
         job = await until(waiting, 10)
         assert job.status == "pending" and job.attempts == 0
         assert job.next_attempt_ms > RealClock().now_ms()
-        await downloads.stop()
-        await writer.stop()
-    finally:
-        await store.close()
     assert await engine.close()
 
 
@@ -266,33 +277,18 @@ async def test_a_gone_cdn_copy_fails_with_the_reason_and_the_way_to_retry(tmp_pa
     client = engine.client(tid, lambda ev: None)
     client._nc = cdn = _GoneCdn(status)
     client._task = asyncio.create_task(asyncio.sleep(3600))  # "running"
-    store = await Store.open(tmp_path)
     try:
-        subs = outbox.Subscriptions(None)
-        writer = Writer(store, RealClock(), subs)
-        writer.start()
-        msg = tr.message_from_event(
-            event(e2e.Message(imageMessage=e2e.ImageMessage(fileLength=10, **COMMON)))
-        )
-        await writer.put(tid, msg)
-        await writer.flush()
-        table = MediaTable(store, subs)
-        downloads = Downloads(MediaConfig(), tmp_path, table, RealClock(), lambda t: (client, True))
-        await downloads.start()
-        downloads.wake()
+        async with image_downloads(tmp_path, tid, client) as (table, downloads):
 
-        async def failed():
-            job = await table.by_wa_id(tid, "MEDIA1")
-            return job if job.status == "failed" else None
+            async def failed():
+                job = await table.by_wa_id(tid, "MEDIA1")
+                return job if job.status == "failed" else None
 
-        job = await until(failed, 10)
-        assert f"status code {status}" in job.reason
-        assert "not available with this engine" in job.reason
-        assert "POST /v1/tenants/{id}/messages/{msg_id}/media" in job.reason
-        assert cdn.calls == 1 and downloads.results["expired"] == 1
-        await downloads.stop()
-        await writer.stop()
+            job = await until(failed, 10)
+            assert f"status code {status}" in job.reason
+            assert "not available with this engine" in job.reason
+            assert "POST /v1/tenants/{id}/messages/{msg_id}/media" in job.reason
+            assert cdn.calls == 1 and downloads.results["expired"] == 1
     finally:
         client._task.cancel()
         client._nc = None
-        await store.close()
