@@ -135,7 +135,7 @@ BODY["oneOf"][0]["anyOf"] = [
 @operation(
     table.post,
     "/v1/tenants/{id}/simulate",
-    "Simulator tenants: drive the simulated phone (design §7, §15)",
+    "Simulator tenants: drive the simulated phone",
     description="400 not_simulated for a tenant of another engine; 409 not_connected for an"
     " action that needs the simulated client connected.",
     ok=(202, s.json_response(s.obj({"ok": {"const": True}}, ("ok",), closed=False))),
