@@ -55,6 +55,7 @@ SIMULATES = [
     ({"action": "message", "chat": TO, "text": "x"}, None),
     ({"action": "message", "chat": TO}, "text"),
     ({"action": "message", "chat": TO, "text": None, "media": SIM_MEDIA}, None),
+    ({"action": "message", "chat": TO, "text": "x", "media": None, "expired": None}, None),
     ({"action": "message", "chat": TO, "media": {**SIM_MEDIA, "data_b64": ""}}, "media.size"),
     ({"action": "message", "chat": TO, "media": {**IMG, "data_b64": "a"}}, "media.data_b64"),
     ({"action": "message", "chat": TO, "text": "x", "count": 0}, "count"),

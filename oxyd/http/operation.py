@@ -253,8 +253,9 @@ def _api_error(
         name = _where([*e.instance_path, alternatives[0]], body)
         others = ", ".join(alternatives[1:])
         return ApiError(400, "missing_field", f"{name}: is required (or one of {others})")
-    if kind == "OneOfMultipleValid" and alternatives:
-        given = [a for a in alternatives if e.instance.get(a) is not None]
+    present = e.instance if isinstance(e.instance, dict) else {}
+    given = [a for a in alternatives if present.get(a) is not None]
+    if kind == "OneOfMultipleValid" and given:
         name = _where([*e.instance_path, given[-1]], body)
         return ApiError(400, "invalid_field", f"{name}: give only one of {', '.join(given)}")
     code = field_codes.get(e.instance_path[0], "invalid_field") if e.instance_path else None

@@ -39,9 +39,12 @@ MEDIA = s.obj(
     ("type",),
     description="exactly one of data_b64 (the file) and size (bytes generated)",
 )
+# `type: object` in each branch and a null branch: `required` says nothing of a null, so
+# without them a null media (an optional field sent as null) matched both branches.
 MEDIA["oneOf"] = [
-    {"required": ["data_b64"], "properties": {"data_b64": {"type": "string"}}},
-    {"required": ["size"], "properties": {"size": {"type": "integer"}}},
+    {"type": "object", "required": ["data_b64"], "properties": {"data_b64": {"type": "string"}}},
+    {"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}},
+    {"type": "null"},
 ]
 # Each action's fields and which of them it needs; an optional field may be sent as null.
 VARIANTS: dict[str, tuple[dict[str, s.Schema], tuple[str, ...]]] = {
