@@ -98,7 +98,11 @@ def arrange(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        code = _main(sys.argv[1:] if argv is None else argv)
+        # Output to a pipe is buffered: flush here, where a reader that went away is caught,
+        # not at the interpreter's exit (which would print a traceback and exit 120).
+        sys.stdout.flush()
+        return code
     except BrokenPipeError:
         # The reader went away (`oxyd tenant list | head -1`): nothing left to say. Point
         # stdout at /dev/null so the interpreter's final flush does not complain either.
