@@ -61,6 +61,10 @@ async def test_busy_tenant_whose_events_stop_is_rebuilt_with_an_alert(env):
     assert app.supervisor.zombies["t1"] == 0  # 30 s of silence: not yet
     # From 60 s of silence, the next passing heartbeat judges it.
     await advance_until(clock, lambda: app.supervisor.zombies["t1"] == 1, step_s=10)
+    # The count comes before the runner tears the session down: until then the state still
+    # says connected, and waiting for "connected" would pass before the rebuild (the backoff
+    # then waits on the fake clock that no longer moves).
+    await until(lambda: state(app) is not State.CONNECTED, what="the zombie session torn down")
     # the backoff after the rebuild, then the new session
     await advance_until(clock, lambda: state(app) is State.CONNECTED, step_s=1)
 

@@ -187,6 +187,8 @@ async def test_zombie_is_detected_and_rebuilt(env):
     await advance(clock, 50, step_s=10)
     assert state(app, "t1") is State.CONNECTED  # not yet: zombie_after_s is 60
     await advance_until(clock, lambda: app.supervisor.zombies["t1"] == 1, step_s=10)
+    # counted before the session is torn down: wait for that, or "connected" passes too early
+    await until(lambda: state(app, "t1") is not State.CONNECTED, what="the session torn down")
     await advance_until(clock, lambda: state(app, "t1") is State.CONNECTED, step_s=1)
 
     async def stored() -> bool:  # the simulator drains its offline queue after the connect
